@@ -1,0 +1,178 @@
+//! Errors: [`AffError`] for failures reported by the C library, [`Error`]
+//! for the executor's outcomes, [`TrySubmitError`] and [`SpawnError`] for
+//! operations that refuse work or fail to start.
+
+use std::fmt;
+
+/// The C library's status codes (`AFF_E_*` in `affine.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// `AFF_E_INVALID_ARG`: bad input by contract.
+    InvalidArg,
+    /// `AFF_E_NO_CONTEXT`: no context current on the calling thread.
+    NoContext,
+    /// `AFF_E_BUSY`: the context is current on another thread.
+    Busy,
+    /// `AFF_E_WRONG_THREAD`: an explicit-context call from a non-owner thread.
+    WrongThread,
+    /// `AFF_E_CALLBACK`: a callback asked to stop.
+    Callback,
+    /// `AFF_E_NOMEM`: out of memory.
+    NoMem,
+    /// A code this version does not know.
+    Unknown(i32),
+}
+
+impl ErrorCode {
+    /// Maps a non-zero C status to its code.
+    pub fn from_raw(rc: i32) -> Self {
+        match rc {
+            ffi::AFF_E_INVALID_ARG => Self::InvalidArg,
+            ffi::AFF_E_NO_CONTEXT => Self::NoContext,
+            ffi::AFF_E_BUSY => Self::Busy,
+            ffi::AFF_E_WRONG_THREAD => Self::WrongThread,
+            ffi::AFF_E_CALLBACK => Self::Callback,
+            ffi::AFF_E_NOMEM => Self::NoMem,
+            other => Self::Unknown(other),
+        }
+    }
+
+    /// The C status value.
+    pub fn raw(self) -> i32 {
+        match self {
+            Self::InvalidArg => ffi::AFF_E_INVALID_ARG,
+            Self::NoContext => ffi::AFF_E_NO_CONTEXT,
+            Self::Busy => ffi::AFF_E_BUSY,
+            Self::WrongThread => ffi::AFF_E_WRONG_THREAD,
+            Self::Callback => ffi::AFF_E_CALLBACK,
+            Self::NoMem => ffi::AFF_E_NOMEM,
+            Self::Unknown(rc) => rc,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidArg => f.write_str("AFF_E_INVALID_ARG"),
+            Self::NoContext => f.write_str("AFF_E_NO_CONTEXT"),
+            Self::Busy => f.write_str("AFF_E_BUSY"),
+            Self::WrongThread => f.write_str("AFF_E_WRONG_THREAD"),
+            Self::Callback => f.write_str("AFF_E_CALLBACK"),
+            Self::NoMem => f.write_str("AFF_E_NOMEM"),
+            Self::Unknown(rc) => write!(f, "unknown status {rc}"),
+        }
+    }
+}
+
+/// A failure reported by the C library: its status code and the message it
+/// stored, both read on the failing thread right after the call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct AffError {
+    /// The status code.
+    pub code: ErrorCode,
+    /// The library's message (`aff_last_error_message`).
+    pub message: String,
+}
+
+/// Why the executor could not give a job's result.
+///
+/// Every accepted job ends in exactly one outcome: its result or one of
+/// these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The job panicked on the owner thread; the message is the panic's.
+    #[error("job panicked on the owner thread: {0}")]
+    Panicked(String),
+    /// The caller gave up waiting. `started: false` means the job was never
+    /// run and never will be; `true` means it was running or done (a running
+    /// C call cannot be interrupted) and its result is discarded.
+    #[error("timed out waiting for the job (job {})", if *.started { "had started" } else { "never ran" })]
+    TimedOut {
+        /// Whether the job had started when the caller gave up.
+        started: bool,
+    },
+    /// The worker is closed (or closing) and takes no new jobs.
+    #[error("the worker is closed")]
+    Closed,
+    /// The worker closed before this accepted job could run
+    /// (`close_timeout` ran out); the job never ran.
+    #[error("the worker shut down before the job ran")]
+    Shutdown,
+    /// A blocking call on a worker from its own owner thread, which would
+    /// deadlock; nothing was queued.
+    #[error("re-entrant call: a job waited on its own worker, which would deadlock")]
+    Reentrant,
+    /// The worker's circuit breaker is open after repeated panics, or its
+    /// state could not be re-initialised; the job was not run.
+    #[error("the worker is broken: {0}")]
+    Broken(String),
+    /// The worker stopped after a panic (`PanicPolicy::Stop`); the job was
+    /// not run.
+    #[error("the worker stopped after a panic")]
+    Stopped,
+    /// An owner-bound handle whose value no longer exists on that worker
+    /// (its state was re-initialised) or that belongs to another worker.
+    #[error("the owner-bound value is gone or belongs to another worker")]
+    StaleHandle,
+}
+
+/// [`try_submit`](crate::PinnedWorker::try_submit) refused the job; the job
+/// is given back so nothing is lost.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySubmitError<F> {
+    /// The queue is full.
+    #[error("the worker's queue is full")]
+    Full(F),
+    /// The worker is closed, stopped or broken; the error says which.
+    #[error("the worker refused the job: {1}")]
+    Refused(F, Error),
+}
+
+impl<F> TrySubmitError<F> {
+    /// Gives the refused job back.
+    pub fn into_job(self) -> F {
+        match self {
+            Self::Full(f) | Self::Refused(f, _) => f,
+        }
+    }
+}
+
+impl<F> fmt::Debug for TrySubmitError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full(_) => f.write_str("Full(..)"),
+            Self::Refused(_, e) => write!(f, "Refused(.., {e:?})"),
+        }
+    }
+}
+
+/// Starting a worker failed; no thread is left behind.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError<E> {
+    /// `init` returned an error on the owner thread.
+    #[error("init failed on the owner thread: {0}")]
+    Init(E),
+    /// `init` panicked on the owner thread.
+    #[error("init panicked on the owner thread: {0}")]
+    InitPanicked(String),
+    /// The OS refused to create the thread, or the CPU set was rejected.
+    #[error("cannot start the owner thread: {0}")]
+    Os(#[from] std::io::Error),
+}
+
+/// Turns a panic payload into its message.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,245 @@
+//! Per-worker counters and latency histograms, read as a
+//! [`MetricsSnapshot`] that prints as one line.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Sub-buckets per power of two: latencies are kept to within 1/8 (12.5%).
+const SUB_BITS: u32 = 3;
+const SUB: usize = 1 << SUB_BITS;
+const BUCKETS: usize = 64 * SUB;
+
+/// A lock-free log-linear histogram of nanoseconds. Written by the owner
+/// thread, read by anyone; all operations are relaxed counters.
+pub(crate) struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    max: AtomicU64,
+}
+
+fn bucket_of(ns: u64) -> usize {
+    if ns < SUB as u64 {
+        return ns as usize;
+    }
+    let log = 63 - ns.leading_zeros();
+    let sub = (ns >> (log - SUB_BITS)) as usize & (SUB - 1);
+    ((log - SUB_BITS + 1) as usize) * SUB + sub
+}
+
+/// Upper bound (inclusive) of a bucket, in ns.
+fn bucket_high(b: usize) -> u64 {
+    if b < SUB {
+        return b as u64;
+    }
+    let log = (b / SUB) as u32 + SUB_BITS - 1;
+    let sub = (b % SUB) as u64;
+    let low = (1u64 << log) | (sub << (log - SUB_BITS));
+    low + (1u64 << (log - SUB_BITS)) - 1
+}
+
+impl Histogram {
+    pub(crate) fn new() -> Self {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // ORDERING: statistics only; no other memory depends on them.
+        self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn summary(&self) -> Summary {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let count: u64 = counts.iter().sum();
+        let max = self.max.load(Ordering::Relaxed);
+        let quantile = |q: f64| -> Duration {
+            if count == 0 {
+                return Duration::ZERO;
+            }
+            let rank = ((count as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (b, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return Duration::from_nanos(bucket_high(b).min(max));
+                }
+            }
+            Duration::from_nanos(max)
+        };
+        Summary {
+            count,
+            p50: quantile(0.50),
+            p99: quantile(0.99),
+            max: Duration::from_nanos(max),
+        }
+    }
+}
+
+/// Quantiles of a latency histogram (each within 12.5% of the true value).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Samples recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Largest sample.
+    pub max: Duration,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p50 {:?} p99 {:?} max {:?}", self.p50, self.p99, self.max)
+    }
+}
+
+/// The worker's live counters.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) reinits: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        // ORDERING: statistics only.
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A point-in-time view of one worker's metrics.
+///
+/// ```
+/// let w = pinned_ffi::PinnedWorker::builder().name("demo").spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+/// w.run(|_| ())?;
+/// let m = w.metrics();
+/// assert_eq!((m.submitted, m.completed), (1, 1));
+/// println!("{m}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// The worker's thread name.
+    pub name: String,
+    /// Jobs accepted into the queue.
+    pub submitted: u64,
+    /// Jobs that ran and returned.
+    pub completed: u64,
+    /// Jobs that ended in an error: panicked plus rejected.
+    pub failed: u64,
+    /// Jobs that panicked.
+    pub panicked: u64,
+    /// Accepted jobs refused by the owner without running (broken, stopped,
+    /// shut down).
+    pub rejected: u64,
+    /// Jobs whose caller gave up before they started (never run).
+    pub cancelled: u64,
+    /// Times the state was re-initialised on a fresh owner thread.
+    pub reinits: u64,
+    /// Jobs waiting in the queue now.
+    pub queue_depth: usize,
+    /// Time from submission to start.
+    pub queue_wait: Summary,
+    /// Time the job ran on the owner thread.
+    pub run_time: Summary,
+}
+
+impl MetricsSnapshot {
+    pub(crate) fn read(
+        name: &str,
+        c: &Counters,
+        queue_depth: usize,
+        wait: &Histogram,
+        run: &Histogram,
+    ) -> Self {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (panicked, rejected) = (get(&c.panicked), get(&c.rejected));
+        MetricsSnapshot {
+            name: name.to_owned(),
+            submitted: get(&c.submitted),
+            completed: get(&c.completed),
+            failed: panicked + rejected,
+            panicked,
+            rejected,
+            cancelled: get(&c.cancelled),
+            reinits: get(&c.reinits),
+            queue_depth,
+            queue_wait: wait.summary(),
+            run_time: run.summary(),
+        }
+    }
+}
+
+impl fmt::Display for MetricsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: submitted {} completed {} failed {} (panicked {}, rejected {}) cancelled {} reinits {} \
+             queued {} | wait {} | run {}",
+            self.name,
+            self.submitted,
+            self.completed,
+            self.failed,
+            self.panicked,
+            self.rejected,
+            self.cancelled,
+            self.reinits,
+            self.queue_depth,
+            self.queue_wait,
+            self.run_time
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for ns in (0..20_000u64).chain([1 << 20, (1 << 40) + 12345, u64::MAX]) {
+            let b = bucket_of(ns);
+            assert!(b >= last || ns < 20_000, "bucket order");
+            assert!(
+                bucket_high(b) >= ns,
+                "{ns} above its bucket's high {}",
+                bucket_high(b)
+            );
+            assert!(bucket_high(b) - ns <= ns / 8 + 1, "{ns}: bucket too wide");
+            last = b;
+        }
+    }
+
+    #[test]
+    fn quantiles() {
+        let h = Histogram::new();
+        for i in 1..=100u64 {
+            h.record(Duration::from_micros(i));
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 100);
+        assert!(
+            s.p50 >= Duration::from_micros(50) && s.p50 <= Duration::from_micros(57),
+            "{s}"
+        );
+        assert!(
+            s.p99 >= Duration::from_micros(99) && s.p99 <= Duration::from_micros(100),
+            "{s}"
+        );
+        assert_eq!(s.max, Duration::from_micros(100));
+    }
+}

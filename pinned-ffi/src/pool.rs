@@ -1,0 +1,252 @@
+//! [`Pool<S>`]: N pinned workers, each with its own state (its own C
+//! context, one per GPU or HSM session), with round-robin, least-loaded and
+//! keyed dispatch. The pool's thread count is N, whatever the number of
+//! callers.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, SpawnError};
+use crate::metrics::MetricsSnapshot;
+use crate::slot::Ticket;
+use crate::worker::{Builder, PinnedWorker};
+
+/// How [`Pool::run`] and [`Pool::submit`] pick a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dispatch {
+    /// Each worker in turn (the default).
+    #[default]
+    RoundRobin,
+    /// The worker with the shortest queue (ties: the first).
+    LeastLoaded,
+}
+
+/// Configures and starts a [`Pool`].
+///
+/// ```
+/// use pinned_ffi::{Config, Context, Dispatch, Pool, PinnedWorker};
+/// let pool = Pool::builder(2)
+///     .name("ctx")
+///     .dispatch(Dispatch::LeastLoaded)
+///     .worker(PinnedWorker::builder().capacity(64))
+///     .spawn(|i| Context::new(&Config::with_seed(i as u64 + 1)))?;
+/// assert_eq!(pool.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    size: usize,
+    name: String,
+    dispatch: Dispatch,
+    worker: Builder,
+}
+
+impl PoolBuilder {
+    /// Thread names are `<name>-<index>` (default `pool`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+    /// The default dispatch for [`Pool::run`] and [`Pool::submit`].
+    pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
+        self.dispatch = dispatch;
+        self
+    }
+    /// Settings for every worker (its name is replaced by `<name>-<index>`).
+    pub fn worker(mut self, builder: Builder) -> Self {
+        self.worker = builder;
+        self
+    }
+
+    /// Starts the workers, calling `init(index)` on each one's owner thread
+    /// (and again on a fresh thread when one re-initialises). If any init
+    /// fails, the workers already started are closed and the error returned.
+    ///
+    /// # Errors
+    /// As [`Builder::spawn`].
+    pub fn spawn<S, E, F>(self, init: F) -> Result<Pool<S>, SpawnError<E>>
+    where
+        S: 'static,
+        E: std::fmt::Display + Send + 'static,
+        F: Fn(usize) -> Result<S, E> + Send + Sync + 'static,
+    {
+        let init = Arc::new(init);
+        let mut workers = Vec::with_capacity(self.size);
+        for i in 0..self.size {
+            let init = Arc::clone(&init);
+            let w = self
+                .worker
+                .clone()
+                .name(format!("{}-{i}", self.name))
+                .spawn(move || init(i))?;
+            workers.push(w);
+        }
+        Ok(Pool {
+            workers,
+            next: AtomicUsize::new(0),
+            dispatch: self.dispatch,
+        })
+    }
+}
+
+/// N pinned workers, each owning its own `S`.
+///
+/// ```
+/// use pinned_ffi::{Config, Context, Pool};
+/// let pool = Pool::builder(2).spawn(|i| Context::new(&Config::with_seed(i as u64 + 1)))?;
+/// let a = pool.run_keyed(&"tenant-a", |ctx| ctx.op(1))??; // same key, same context
+/// let all = pool.broadcast(|ctx| ctx.calls().unwrap());
+/// assert_eq!(all.iter().map(|r| *r.as_ref().unwrap()).sum::<u64>(), 1);
+/// # let _ = a;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Pool<S> {
+    workers: Vec<PinnedWorker<S>>,
+    next: AtomicUsize,
+    dispatch: Dispatch,
+}
+
+impl<S: 'static> Pool<S> {
+    /// A builder for `size` workers (at least 1).
+    pub fn builder(size: usize) -> PoolBuilder {
+        PoolBuilder {
+            size: size.max(1),
+            name: "pool".into(),
+            dispatch: Dispatch::default(),
+            worker: Builder::default(),
+        }
+    }
+
+    /// Number of workers.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Always `false`: a pool has at least one worker.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// The worker at `index`.
+    ///
+    /// # Panics
+    /// If `index >= len()`.
+    pub fn worker(&self, index: usize) -> &PinnedWorker<S> {
+        &self.workers[index]
+    }
+
+    /// All workers.
+    pub fn workers(&self) -> &[PinnedWorker<S>] {
+        &self.workers
+    }
+
+    /// The worker `dispatch` picks now.
+    pub fn pick(&self, dispatch: Dispatch) -> &PinnedWorker<S> {
+        match dispatch {
+            Dispatch::RoundRobin => {
+                // ORDERING: only spreads load; no data depends on it.
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+                &self.workers[i]
+            }
+            Dispatch::LeastLoaded => self
+                .workers
+                .iter()
+                .min_by_key(|w| w.queue_len())
+                .expect("a pool has at least one worker"),
+        }
+    }
+
+    /// The worker for `key`: the same key always gives the same worker.
+    pub fn for_key<K: Hash + ?Sized>(&self, key: &K) -> &PinnedWorker<S> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        &self.workers[(h.finish() % self.workers.len() as u64) as usize]
+    }
+
+    /// Runs `f` on the worker the default dispatch picks; see
+    /// [`PinnedWorker::run`].
+    ///
+    /// # Errors
+    /// As [`PinnedWorker::run`].
+    pub fn run<'a, R, F>(&self, f: F) -> Result<R, Error>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'a,
+        R: Send + 'a,
+    {
+        self.pick(self.dispatch).run(f)
+    }
+
+    /// Runs `f` on the worker for `key` (sticky).
+    ///
+    /// # Errors
+    /// As [`PinnedWorker::run`].
+    pub fn run_keyed<'a, K, R, F>(&self, key: &K, f: F) -> Result<R, Error>
+    where
+        K: Hash + ?Sized,
+        F: FnOnce(&mut S) -> R + Send + 'a,
+        R: Send + 'a,
+    {
+        self.for_key(key).run(f)
+    }
+
+    /// Queues `f` on the worker the default dispatch picks; see
+    /// [`PinnedWorker::submit`].
+    ///
+    /// # Errors
+    /// As [`PinnedWorker::submit`].
+    pub fn submit<R, F>(&self, f: F) -> Result<Ticket<R>, Error>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.pick(self.dispatch).submit(f)
+    }
+
+    /// Runs `f` on every worker, in parallel, and returns the results in
+    /// worker order.
+    pub fn broadcast<R, F>(&self, f: F) -> Vec<Result<R, Error>>
+    where
+        F: Fn(&mut S) -> R + Send + Sync,
+        R: Send,
+    {
+        std::thread::scope(|scope| {
+            let f = &f;
+            let rest: Vec<_> = self.workers[1..]
+                .iter()
+                .map(|w| scope.spawn(move || w.run(f)))
+                .collect();
+            let mut out = vec![self.workers[0].run(f)];
+            out.extend(
+                rest.into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+            );
+            out
+        })
+    }
+
+    /// Metrics of every worker, in order.
+    pub fn metrics(&self) -> Vec<MetricsSnapshot> {
+        self.workers.iter().map(PinnedWorker::metrics).collect()
+    }
+
+    /// Closes every worker (see [`PinnedWorker::close`]).
+    pub fn close(&self) {
+        for w in &self.workers {
+            w.close();
+        }
+    }
+
+    /// Closes every worker with a shared deadline; returns the number of
+    /// accepted jobs that were shut down unrun.
+    pub fn close_timeout(&self, timeout: Duration) -> u64 {
+        let deadline = std::time::Instant::now() + timeout;
+        self.workers
+            .iter()
+            .map(|w| w.close_timeout(deadline.saturating_duration_since(std::time::Instant::now())))
+            .sum()
+    }
+}

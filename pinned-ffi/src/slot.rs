@@ -1,0 +1,337 @@
+//! The one-shot completion slot between a caller and the owner thread, and
+//! [`Ticket`], the caller's side of a submitted job.
+//!
+//! The hot path is lock-free: the owner publishes the result with one
+//! atomic RMW, and a caller that is still spinning sees it without any
+//! system call. Only a caller that has spun out registers a waker (under a
+//! mutex) and parks, and only then does the owner pay a wake-up.
+
+use std::cell::UnsafeCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::worker::owner_of_current_thread;
+
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const CANCELLED: u8 = 4;
+const WAITER: u8 = 8;
+
+/// Where one job's outcome lands.
+pub(crate) struct Slot<R> {
+    state: AtomicU8,
+    result: UnsafeCell<Option<Result<R, Error>>>,
+    waker: Mutex<Option<Waker>>,
+    /// The worker that runs the job, for re-entrancy checks.
+    worker: u64,
+}
+
+// SAFETY: `result` is written only by the completing side before it sets
+// DONE (release) and read only by the waiting side after it saw DONE
+// (acquire), so it is never accessed from two threads at once; R crosses
+// threads, hence R: Send.
+unsafe impl<R: Send> Sync for Slot<R> {}
+// SAFETY: as above; the slot moves an R between threads.
+unsafe impl<R: Send> Send for Slot<R> {}
+
+impl<R> Slot<R> {
+    pub(crate) fn new(worker: u64) -> Self {
+        Slot {
+            state: AtomicU8::new(0),
+            result: UnsafeCell::new(None),
+            waker: Mutex::new(None),
+            worker,
+        }
+    }
+
+    /// Owner: claims the job for running. `false` if the caller cancelled
+    /// it first (it must then not run).
+    pub(crate) fn start(&self) -> bool {
+        // ORDERING: AcqRel pairs with `cancel` so exactly one of start and
+        // cancel wins; the job's data was published by the channel.
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & (CANCELLED | DONE) == 0).then_some(s | RUNNING)
+            })
+            .is_ok()
+    }
+
+    /// Caller: gives up on the job. `true` if it had not started, so it
+    /// never will; `false` if it was running or done.
+    pub(crate) fn cancel(&self) -> bool {
+        // ORDERING: see `start`.
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & (RUNNING | DONE | CANCELLED) == 0).then_some(s | CANCELLED)
+            })
+            .is_ok()
+    }
+
+    /// Completing side: publishes the outcome and wakes a parked waiter.
+    /// Called at most once per slot (the job owns the right to complete).
+    pub(crate) fn complete(&self, outcome: Result<R, Error>) {
+        // SAFETY: the waiter reads `result` only after seeing DONE, which is
+        // set below, after this write; no one else writes it.
+        unsafe { *self.result.get() = Some(outcome) };
+        // ORDERING: Release publishes `result`; Acquire sees the WAITER bit
+        // and the waker stored before it.
+        let prev = self.state.fetch_or(DONE, Ordering::AcqRel);
+        if prev & WAITER != 0 {
+            let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release in `complete`.
+        self.state.load(Ordering::Acquire) & DONE != 0
+    }
+
+    /// Takes the outcome once DONE has been seen.
+    fn take(&self) -> Result<R, Error> {
+        debug_assert!(self.is_done());
+        // SAFETY: DONE was observed with Acquire, so the completing side has
+        // finished writing and will not touch `result` again; the waiter is
+        // the only reader (Ticket is not Clone, `run` waits once).
+        unsafe { (*self.result.get()).take() }.expect("slot completed without an outcome")
+    }
+
+    /// Registers `waker` to be woken on completion. `true` if already done
+    /// (then nothing will wake it).
+    fn register(&self, waker: &Waker) -> bool {
+        {
+            let mut guard = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *guard {
+                Some(w) if w.will_wake(waker) => {}
+                slot => *slot = Some(waker.clone()),
+            }
+        }
+        // ORDERING: the waker is stored before WAITER is set (the mutex and
+        // this AcqRel RMW order it), so a completer that sees WAITER finds
+        // it; if DONE is already set we see it here.
+        self.state.fetch_or(WAITER, Ordering::AcqRel) & DONE != 0
+    }
+
+    /// Blocks until done or `deadline`: spins for up to `spin`, then parks.
+    /// Returns whether it is done.
+    pub(crate) fn wait_until(&self, spin: Duration, deadline: Option<Instant>) -> bool {
+        if spin_until_done(|| self.is_done(), spin, deadline) {
+            return true;
+        }
+        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+        if self.register(&waker) {
+            return true;
+        }
+        loop {
+            if self.is_done() {
+                return true;
+            }
+            match deadline {
+                None => thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return self.is_done();
+                    }
+                    thread::park_timeout(d - now);
+                }
+            }
+        }
+    }
+
+    /// Waits for the outcome (no deadline).
+    pub(crate) fn wait(&self, spin: Duration) -> Result<R, Error> {
+        self.wait_until(spin, None);
+        self.take()
+    }
+}
+
+/// Spins on `done` for up to `budget` (pure spinning for a short while, then
+/// yielding the core so an oversubscribed machine still runs the owner).
+pub(crate) fn spin_until_done(done: impl Fn() -> bool, budget: Duration, deadline: Option<Instant>) -> bool {
+    const PURE_SPINS: u32 = 256;
+    if budget.is_zero() {
+        return done();
+    }
+    let start = Instant::now();
+    let mut until = start + budget;
+    if let Some(d) = deadline {
+        until = until.min(d);
+    }
+    let mut i: u32 = 0;
+    loop {
+        if done() {
+            return true;
+        }
+        i = i.wrapping_add(1);
+        if i < PURE_SPINS {
+            std::hint::spin_loop();
+        } else {
+            thread::yield_now();
+        }
+        // Reading the clock costs tens of ns: do it every 64 rounds.
+        if i % 64 == 0 && Instant::now() >= until {
+            return done();
+        }
+    }
+}
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// The caller's side of a job given to [`submit`](crate::PinnedWorker::submit):
+/// wait for it, poll it, or `.await` it (any executor; no runtime needed).
+///
+/// Dropping a ticket (or a future awaiting it) before the job started
+/// cancels the job: it will never run.
+///
+/// ```
+/// use pinned_ffi::PinnedWorker;
+/// let worker = PinnedWorker::builder().spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+/// let ticket = worker.submit(|n: &mut u64| { *n += 1; *n })?;
+/// assert_eq!(ticket.wait()?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "dropping a ticket cancels its job if it has not started"]
+pub struct Ticket<R> {
+    slot: Option<Arc<Slot<R>>>,
+    spin: Duration,
+}
+
+impl<R> std::fmt::Debug for Ticket<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("done", &self.is_done()).finish()
+    }
+}
+
+impl<R> Ticket<R> {
+    pub(crate) fn new(slot: Arc<Slot<R>>, spin: Duration) -> Self {
+        Ticket {
+            slot: Some(slot),
+            spin,
+        }
+    }
+
+    fn slot(&self) -> &Slot<R> {
+        self.slot
+            .as_ref()
+            .expect("ticket used after its outcome was taken")
+    }
+
+    /// Whether the outcome is ready (`wait` would not block).
+    pub fn is_done(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.is_done())
+    }
+
+    fn on_own_owner(&self) -> bool {
+        owner_of_current_thread() == Some(self.slot().worker)
+    }
+
+    /// Blocks until the job's outcome is ready.
+    ///
+    /// # Errors
+    /// The job's error ([`Error::Panicked`], [`Error::Shutdown`], ...);
+    /// [`Error::Reentrant`] when called from the owner thread of the worker
+    /// that would run it (it could never finish; the job is cancelled if it
+    /// had not started).
+    pub fn wait(mut self) -> Result<R, Error> {
+        if !self.is_done() && self.on_own_owner() {
+            self.slot().cancel();
+            return Err(Error::Reentrant);
+        }
+        let slot = self.slot.take().expect("ticket already spent");
+        slot.wait(self.spin)
+    }
+
+    /// Like [`wait`](Self::wait) with a time limit. On time-out the job is
+    /// cancelled if it has not started (it will never run):
+    /// `Error::TimedOut { started: false }`; if it had started it runs to
+    /// completion and its result is discarded: `TimedOut { started: true }`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pinned_ffi::{Error, PinnedWorker};
+    /// let w = PinnedWorker::builder().spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// let slow = w.submit(|_| std::thread::sleep(Duration::from_millis(100)))?;
+    /// let queued = w.submit(|_| unreachable!("cancelled before it started"))?;
+    /// assert_eq!(queued.wait_timeout(Duration::from_millis(1)), Err(Error::TimedOut { started: false }));
+    /// slow.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait), plus [`Error::TimedOut`].
+    pub fn wait_timeout(self, timeout: Duration) -> Result<R, Error> {
+        self.wait_deadline(Instant::now() + timeout)
+    }
+
+    /// Like [`wait_timeout`](Self::wait_timeout) with a deadline.
+    ///
+    /// # Errors
+    /// As [`wait_timeout`](Self::wait_timeout).
+    pub fn wait_deadline(mut self, deadline: Instant) -> Result<R, Error> {
+        if !self.is_done() && self.on_own_owner() {
+            self.slot().cancel();
+            return Err(Error::Reentrant);
+        }
+        let slot = self.slot.take().expect("ticket already spent");
+        if slot.wait_until(self.spin, Some(deadline)) {
+            return slot.take();
+        }
+        let started = !slot.cancel();
+        Err(Error::TimedOut { started })
+    }
+
+    /// The outcome if it is ready, else the ticket back.
+    ///
+    /// # Errors
+    /// `Err(ticket)` when the job has not finished yet.
+    pub fn try_get(mut self) -> Result<Result<R, Error>, Ticket<R>> {
+        if self.is_done() {
+            Ok(self.slot.take().expect("checked above").take())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl<R> Drop for Ticket<R> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.cancel();
+        }
+    }
+}
+
+impl<R> Future for Ticket<R> {
+    type Output = Result<R, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let slot = self.slot.as_ref().expect("Ticket polled after completion");
+        if slot.is_done() || slot.register(cx.waker()) {
+            let slot = self.slot.take().expect("checked above");
+            return Poll::Ready(slot.take());
+        }
+        Poll::Pending
+    }
+}
+
+// A Ticket holds no R until it is taken, and never gives out references
+// into the slot, so moving it is fine.
+impl<R> Unpin for Ticket<R> {}

@@ -1,0 +1,1236 @@
+//! [`PinnedWorker<S>`]: one dedicated OS thread that owns a thread-affine
+//! state `S` (a C context, an SDK session, anything `!Send`) for its whole
+//! life and runs every job that touches it.
+//!
+//! Callers anywhere hand it closures over `&mut S`: [`run`](PinnedWorker::run)
+//! blocks and may borrow from the caller's stack; [`submit`](PinnedWorker::submit)
+//! returns a [`Ticket`] to wait on or `.await`. The queue is bounded
+//! (backpressure), panics are caught per job, and every accepted job gets
+//! exactly one outcome.
+//!
+//! A running job cannot be interrupted: a C call cannot be cancelled. What
+//! can be cancelled is a job that has not started yet.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{self as channel, Receiver, Select, Sender, TryRecvError};
+
+use crate::error::{panic_message, Error, SpawnError, TrySubmitError};
+use crate::metrics::{Counters, Histogram, MetricsSnapshot};
+use crate::slot::{spin_until_done, Slot, Ticket};
+
+static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The id of the worker whose owner thread this is (0: none).
+    static OWNER_OF: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The worker whose owner thread the caller is on, if any.
+pub(crate) fn owner_of_current_thread() -> Option<u64> {
+    let id = OWNER_OF.with(Cell::get);
+    (id != 0).then_some(id)
+}
+
+/// What the owner does after a job panics. The panicking job's caller always
+/// gets [`Error::Panicked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PanicPolicy {
+    /// Keep the state and go on (the default).
+    #[default]
+    Keep,
+    /// Drop the state on its owner thread, end that thread (and its
+    /// `__thread` storage), and run `init` again on a fresh owner thread.
+    Reinit,
+    /// Stop the worker: later jobs get [`Error::Stopped`].
+    Stop,
+}
+
+/// The circuit breaker: after `max_panics` panics within `window`, callers
+/// fail fast with [`Error::Broken`] for `cooldown`; then the state is
+/// re-initialised on a fresh owner thread, and the breaker closes once that
+/// succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    /// Panics that trip it.
+    pub max_panics: u32,
+    /// Within this long.
+    pub window: Duration,
+    /// How long it stays open before a re-init is tried.
+    pub cooldown: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            max_panics: 5,
+            window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Configures and starts a [`PinnedWorker`].
+///
+/// ```
+/// use std::time::Duration;
+/// use pinned_ffi::{PanicPolicy, PinnedWorker};
+/// let w = PinnedWorker::builder()
+///     .name("gpu-0")
+///     .capacity(256)
+///     .panic_policy(PanicPolicy::Reinit)
+///     .spin(Duration::from_micros(20))
+///     .spawn(|| Ok::<_, std::io::Error>(Vec::<u8>::new()))?;
+/// assert_eq!(w.run(|v| { v.push(1); v.len() })?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+    capacity: usize,
+    panic_policy: PanicPolicy,
+    breaker: Option<Breaker>,
+    cpus: Option<Vec<usize>>,
+    spin: Duration,
+    owner_spin: Duration,
+    timings: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            name: None,
+            stack_size: None,
+            capacity: 1024,
+            panic_policy: PanicPolicy::Keep,
+            breaker: Some(Breaker::default()),
+            cpus: None,
+            spin: Duration::from_micros(50),
+            owner_spin: Duration::from_micros(50),
+            timings: true,
+        }
+    }
+}
+
+impl Builder {
+    /// The owner thread's name (default `pinned-<id>`; a pool names its
+    /// workers `<pool>-<index>`). Linux shows the first 15 bytes.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// The owner thread's stack size in bytes.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+    /// Queue capacity (default 1024, at least 1): `submit` blocks and
+    /// `try_submit` gives the job back when this many are waiting.
+    pub fn capacity(mut self, jobs: usize) -> Self {
+        self.capacity = jobs.max(1);
+        self
+    }
+    /// What to do after a job panics (default [`PanicPolicy::Keep`]).
+    pub fn panic_policy(mut self, policy: PanicPolicy) -> Self {
+        self.panic_policy = policy;
+        self
+    }
+    /// The circuit breaker (default: 5 panics in 10 s, 1 s cooldown);
+    /// `None` disables it.
+    pub fn breaker(mut self, breaker: Option<Breaker>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+    /// Pins the owner thread to these CPUs (Linux `sched_setaffinity`).
+    pub fn cpus(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        self.cpus = Some(cpus.into_iter().collect());
+        self
+    }
+    /// How long a waiting caller spins before it parks (default 50 µs).
+    /// Spinning turns a hand-off into a cache-line transfer instead of a
+    /// futex wake (tens of µs on a VM); zero always parks.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+    /// How long an idle owner spins for the next job before it parks
+    /// (default 50 µs). After that an idle worker costs no CPU.
+    pub fn owner_spin(mut self, spin: Duration) -> Self {
+        self.owner_spin = spin;
+        self
+    }
+    /// Whether to time every job for the queue-wait and run-time histograms
+    /// (default on; two clock reads per job).
+    pub fn timings(mut self, on: bool) -> Self {
+        self.timings = on;
+        self
+    }
+
+    /// Starts the owner thread and runs `init` on it. Returns once `init`
+    /// has finished: with the worker, or with `init`'s error and the thread
+    /// joined. `init` is kept to re-initialise the state on a fresh thread
+    /// (see [`PanicPolicy::Reinit`] and [`Breaker`]).
+    ///
+    /// # Errors
+    /// [`SpawnError::Init`] with `init`'s error, [`SpawnError::InitPanicked`],
+    /// or [`SpawnError::Os`] when the thread or CPU set is refused.
+    pub fn spawn<S, E, F>(self, init: F) -> Result<PinnedWorker<S>, SpawnError<E>>
+    where
+        S: 'static,
+        E: std::fmt::Display + Send + 'static,
+        F: FnMut() -> Result<S, E> + Send + 'static,
+    {
+        let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
+        let name = self.name.clone().unwrap_or_else(|| format!("pinned-{id}"));
+        let (tx, rx) = channel::bounded(self.capacity);
+        let (release_tx, release_rx) = channel::unbounded();
+        let shared = Arc::new(Shared {
+            id,
+            name,
+            config: self,
+            epoch: Instant::now(),
+            closed: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
+            broken_until: AtomicU64::new(0),
+            broken_reason: Mutex::new(String::new()),
+            stopped: AtomicBool::new(false),
+            aborting: AtomicBool::new(false),
+            counters: Counters::default(),
+            queue_wait: Histogram::new(),
+            run_time: Histogram::new(),
+            threads: Mutex::new(Vec::new()),
+            exited: Mutex::new(false),
+            exit_cv: Condvar::new(),
+            next_bound: AtomicU64::new(1),
+            owner_tid: AtomicU64::new(0),
+        });
+
+        let (ready_tx, ready_rx) = channel::bounded::<Result<(), SpawnError<E>>>(1);
+        let mut init = init;
+        let thread_shared = Arc::clone(&shared);
+        let handle = shared.thread_builder().spawn(move || {
+            let shared = thread_shared;
+            if let Err(e) = shared.enter_owner_thread() {
+                let _ = ready_tx.send(Err(SpawnError::Os(e)));
+                return;
+            }
+            let first = match panic::catch_unwind(AssertUnwindSafe(&mut init)) {
+                Ok(Ok(state)) => state,
+                Ok(Err(e)) => {
+                    let _ = ready_tx.send(Err(SpawnError::Init(e)));
+                    return;
+                }
+                Err(payload) => {
+                    let _ = ready_tx.send(Err(SpawnError::InitPanicked(panic_message(&*payload))));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            drop(ready_tx);
+            let core = Core {
+                shared,
+                rx,
+                releases: release_rx,
+                init: Box::new(move || init().map_err(|e| e.to_string())),
+                panics: VecDeque::new(),
+            };
+            owner_loop(core, Some(OwnerState::new(first)), None);
+        })?;
+
+        match ready_rx.recv() {
+            Ok(Ok(())) => {
+                shared
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(handle);
+                Ok(PinnedWorker {
+                    shared,
+                    tx,
+                    releases: release_tx,
+                    _state: PhantomData,
+                })
+            }
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(SpawnError::InitPanicked("owner thread ended during init".into()))
+            }
+        }
+    }
+}
+
+/// The part of a worker shared by its handle and its owner thread(s).
+struct Shared {
+    id: u64,
+    name: String,
+    config: Builder,
+    epoch: Instant,
+    closed: AtomicBool,
+    inflight: AtomicUsize,
+    broken: AtomicBool,
+    broken_until: AtomicU64,
+    broken_reason: Mutex<String>,
+    stopped: AtomicBool,
+    aborting: AtomicBool,
+    counters: Counters,
+    queue_wait: Histogram,
+    run_time: Histogram,
+    /// Owner threads not yet joined: the current one and any it replaced.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    exited: Mutex<bool>,
+    exit_cv: Condvar,
+    next_bound: AtomicU64,
+    owner_tid: AtomicU64,
+}
+
+impl Shared {
+    fn thread_builder(&self) -> thread::Builder {
+        let mut b = thread::Builder::new().name(self.name.clone());
+        if let Some(size) = self.config.stack_size {
+            b = b.stack_size(size);
+        }
+        b
+    }
+
+    /// Runs first on every owner thread: marks it, applies the CPU set.
+    fn enter_owner_thread(&self) -> std::io::Result<()> {
+        OWNER_OF.with(|o| o.set(self.id));
+        // ORDERING: informational.
+        self.owner_tid
+            .store(crate::threads::current_tid(), Ordering::Relaxed);
+        match &self.config.cpus {
+            Some(cpus) => crate::threads::set_current_affinity(cpus),
+            None => Ok(()),
+        }
+    }
+
+    fn nanos_now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn trip(&self, reason: String, cooldown: Duration) {
+        *self.broken_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        let until = self
+            .nanos_now()
+            .saturating_add(u64::try_from(cooldown.as_nanos()).unwrap_or(u64::MAX));
+        // ORDERING: the reason is published by the mutex; these two only
+        // steer a fast-fail check, which the owner re-checks.
+        self.broken_until.store(until, Ordering::Relaxed);
+        self.broken.store(true, Ordering::Release);
+    }
+
+    fn heal(&self) {
+        // ORDERING: see `trip`.
+        self.broken.store(false, Ordering::Release);
+    }
+
+    /// `Some(reason)` while callers should fail fast.
+    fn broken_now(&self) -> Option<String> {
+        // ORDERING: see `trip`.
+        if !self.broken.load(Ordering::Acquire) {
+            return None;
+        }
+        if self.nanos_now() >= self.broken_until.load(Ordering::Relaxed) {
+            return None; // cooldown over: let a job through to trigger re-init
+        }
+        Some(
+            self.broken_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+
+    fn refusal(&self) -> Error {
+        // ORDERING: flags read after `closed` was seen set.
+        if self.stopped.load(Ordering::Acquire) {
+            Error::Stopped
+        } else {
+            Error::Closed
+        }
+    }
+
+    fn mark_exited(&self) {
+        *self.exited.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.exit_cv.notify_all();
+    }
+
+    /// Waits for the last owner thread to finish; `false` on time-out.
+    fn wait_exited(&self, deadline: Option<Instant>) -> bool {
+        let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        while !*exited {
+            match deadline {
+                None => exited = self.exit_cv.wait(exited).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    exited = self
+                        .exit_cv
+                        .wait_timeout(exited, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// What lives on the owner thread: the user's state and the owner-bound
+/// values handed out as [`Bound`] handles.
+struct OwnerState<S> {
+    pub(crate) state: S,
+    bound: HashMap<u64, Box<dyn Any>>,
+}
+
+impl<S> OwnerState<S> {
+    fn new(state: S) -> Self {
+        OwnerState {
+            state,
+            bound: HashMap::new(),
+        }
+    }
+}
+
+impl<S> Drop for OwnerState<S> {
+    fn drop(&mut self) {
+        // Owner-bound values (buffers, sessions) go before the state that
+        // made them (the context), as an SDK requires.
+        self.bound.clear();
+    }
+}
+
+enum RunOutcome {
+    Done,
+    Cancelled,
+    Panicked,
+}
+
+/// A type-erased job: the closure, how to call it, and its slot.
+trait Job<S>: Send {
+    fn run(self: Box<Self>, owner: &mut OwnerState<S>) -> RunOutcome;
+    fn reject(self: Box<Self>, error: Error);
+    fn enqueued(&self) -> Option<Instant>;
+}
+
+struct JobImpl<S, F, R> {
+    f: Option<F>,
+    call: fn(F, &mut OwnerState<S>) -> R,
+    slot: Arc<Slot<R>>,
+    enqueued: Option<Instant>,
+}
+
+impl<S, F: Send, R: Send> Job<S> for JobImpl<S, F, R> {
+    fn run(mut self: Box<Self>, owner: &mut OwnerState<S>) -> RunOutcome {
+        if !self.slot.start() {
+            self.f = None;
+            return RunOutcome::Cancelled;
+        }
+        let f = self.f.take().expect("job runs once");
+        let call = self.call;
+        // The closure is consumed (and so dropped) inside the call, before
+        // `complete` signals the caller: `run` relies on this.
+        match panic::catch_unwind(AssertUnwindSafe(|| call(f, owner))) {
+            Ok(r) => {
+                self.slot.complete(Ok(r));
+                RunOutcome::Done
+            }
+            Err(payload) => {
+                let msg = panic_message(&*payload);
+                drop(payload);
+                self.slot.complete(Err(Error::Panicked(msg)));
+                RunOutcome::Panicked
+            }
+        }
+    }
+
+    fn reject(mut self: Box<Self>, error: Error) {
+        if let Some(f) = self.f.take() {
+            drop(f);
+            self.slot.complete(Err(error));
+        }
+    }
+
+    fn enqueued(&self) -> Option<Instant> {
+        self.enqueued
+    }
+}
+
+impl<S, F, R> Drop for JobImpl<S, F, R> {
+    fn drop(&mut self) {
+        // A job dropped without running or being rejected (its channel was
+        // torn down) still gets an outcome.
+        if let Some(f) = self.f.take() {
+            drop(f);
+            self.slot.complete(Err(Error::Shutdown));
+        }
+    }
+}
+
+fn call_state<S, R, F: FnOnce(&mut S) -> R>(f: F, owner: &mut OwnerState<S>) -> R {
+    f(&mut owner.state)
+}
+
+enum Msg<S> {
+    Job(Box<dyn Job<S>>),
+    Stop,
+}
+
+enum Event<S> {
+    Msg(Msg<S>),
+    Release(u64),
+    Disconnected,
+}
+
+/// The owner side: channels, the init closure for re-initialisation and the
+/// breaker's memory. Moves to a fresh thread on re-init.
+struct Core<S> {
+    shared: Arc<Shared>,
+    rx: Receiver<Msg<S>>,
+    releases: Receiver<u64>,
+    init: Box<dyn FnMut() -> Result<S, String> + Send>,
+    panics: VecDeque<Instant>,
+}
+
+impl<S> Core<S> {
+    /// The next message: a busy queue is read without blocking; an empty one
+    /// is watched by spinning for `owner_spin`, then by parking.
+    fn next(&self) -> Event<S> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(m) => return Event::Msg(m),
+                Err(TryRecvError::Disconnected) => return Event::Disconnected,
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Ok(id) = self.releases.try_recv() {
+                return Event::Release(id);
+            }
+            if spin_until_done(
+                || !self.rx.is_empty() || !self.releases.is_empty(),
+                self.shared.config.owner_spin,
+                None,
+            ) {
+                continue;
+            }
+            let mut sel = Select::new();
+            let jobs = sel.recv(&self.rx);
+            let releases = sel.recv(&self.releases);
+            let op = sel.select();
+            return match op.index() {
+                i if i == jobs => match op.recv(&self.rx) {
+                    Ok(m) => Event::Msg(m),
+                    Err(_) => Event::Disconnected,
+                },
+                i => {
+                    debug_assert_eq!(i, releases);
+                    match op.recv(&self.releases) {
+                        Ok(id) => Event::Release(id),
+                        // Cannot happen while the worker's handle lives;
+                        // go back to the job queue alone.
+                        Err(_) => match self.rx.recv() {
+                            Ok(m) => Event::Msg(m),
+                            Err(_) => Event::Disconnected,
+                        },
+                    }
+                }
+            };
+        }
+    }
+
+    /// Records a panic; `true` if it trips the breaker.
+    fn breaker_trips(&mut self) -> bool {
+        let Some(b) = self.shared.config.breaker else {
+            return false;
+        };
+        let now = Instant::now();
+        self.panics.push_back(now);
+        while self
+            .panics
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > b.window)
+        {
+            self.panics.pop_front();
+        }
+        if self.panics.len() >= b.max_panics as usize {
+            self.panics.clear();
+            self.shared.trip(
+                format!("{} panics within {:?}", b.max_panics, b.window),
+                b.cooldown,
+            );
+            return true;
+        }
+        false
+    }
+
+    fn cooldown(&self) -> Duration {
+        self.shared
+            .config
+            .breaker
+            .map_or(Duration::from_secs(1), |b| b.cooldown)
+    }
+}
+
+/// The owner thread's loop. `owner` is `None` while the state is missing
+/// (a failed re-init). `pending` is a job to handle first (the one that
+/// triggered a re-init).
+fn owner_loop<S: 'static>(
+    mut core: Core<S>,
+    mut owner: Option<OwnerState<S>>,
+    mut pending: Option<Box<dyn Job<S>>>,
+) {
+    let shared = Arc::clone(&core.shared);
+    let c = &shared.counters;
+    loop {
+        let job = match pending.take() {
+            Some(job) => job,
+            None => match core.next() {
+                Event::Msg(Msg::Job(job)) => job,
+                Event::Msg(Msg::Stop) | Event::Disconnected => break,
+                Event::Release(id) => {
+                    if let Some(o) = owner.as_mut() {
+                        o.bound.remove(&id);
+                    }
+                    continue;
+                }
+            },
+        };
+        // ORDERING: set by close_timeout before it waits for us.
+        if shared.aborting.load(Ordering::Acquire) {
+            Counters::bump(&c.rejected);
+            job.reject(Error::Shutdown);
+            continue;
+        }
+        // ORDERING: set by this loop (Stop policy) or close.
+        if shared.stopped.load(Ordering::Acquire) {
+            Counters::bump(&c.rejected);
+            job.reject(Error::Stopped);
+            continue;
+        }
+        // ORDERING: see Shared::trip.
+        if owner.is_none() || shared.broken.load(Ordering::Acquire) {
+            if shared.broken_now().is_none() {
+                // Cooldown over (or no state): re-initialise on a fresh
+                // thread, which then handles this job.
+                drop(owner.take());
+                match respawn(core, Some(job)) {
+                    Ok(()) => return,
+                    Err((c2, job)) => {
+                        core = c2;
+                        pending = Some(job);
+                        continue;
+                    }
+                }
+            }
+            Counters::bump(&c.rejected);
+            let reason = shared
+                .broken_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            job.reject(Error::Broken(reason));
+            continue;
+        }
+        let o = owner.as_mut().expect("checked above");
+        let timings = shared.config.timings;
+        let start = timings.then(Instant::now);
+        if let (Some(s), Some(q)) = (start, job.enqueued()) {
+            shared.queue_wait.record(s.saturating_duration_since(q));
+        }
+        match job.run(o) {
+            RunOutcome::Done => {
+                Counters::bump(&c.completed);
+                if let Some(s) = start {
+                    shared.run_time.record(s.elapsed());
+                }
+            }
+            RunOutcome::Cancelled => Counters::bump(&c.cancelled),
+            RunOutcome::Panicked => {
+                Counters::bump(&c.panicked);
+                if core.breaker_trips() {
+                    continue; // state stays until the cooldown's re-init
+                }
+                match shared.config.panic_policy {
+                    PanicPolicy::Keep => {}
+                    PanicPolicy::Reinit => {
+                        drop(owner.take());
+                        match respawn(core, None) {
+                            Ok(()) => return,
+                            Err((c2, _)) => core = c2,
+                        }
+                    }
+                    PanicPolicy::Stop => {
+                        shared.stopped.store(true, Ordering::Release);
+                        shared.closed.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+    // Stop: every job accepted before it has run. Drop the state here, on
+    // its owner thread; jobs that still arrive (none, unless the owner
+    // stopped itself) get an outcome when the channel is torn down.
+    drop(owner);
+    drain_rejecting(&core, Error::Stopped);
+    drop(core);
+    shared.mark_exited();
+}
+
+/// Rejects whatever is left in the queue (only after Stop or a Stop policy).
+fn drain_rejecting<S>(core: &Core<S>, error: Error) {
+    while let Ok(msg) = core.rx.try_recv() {
+        if let Msg::Job(job) = msg {
+            Counters::bump(&core.shared.counters.rejected);
+            job.reject(error.clone());
+        }
+    }
+}
+
+/// Starts a fresh owner thread that re-runs `init` and carries on the loop.
+/// On failure to create the thread, gives everything back.
+#[allow(clippy::type_complexity)]
+fn respawn<S: 'static>(
+    core: Core<S>,
+    pending: Option<Box<dyn Job<S>>>,
+) -> Result<(), (Core<S>, Box<dyn Job<S>>)> {
+    let shared = Arc::clone(&core.shared);
+    let cooldown = core.cooldown();
+    // The job and core move into the new thread; keep a way back if the
+    // thread cannot be created.
+    let slot: Arc<Mutex<Option<(Core<S>, Option<Box<dyn Job<S>>>)>>> =
+        Arc::new(Mutex::new(Some((core, pending))));
+    let theirs = Arc::clone(&slot);
+    let spawned = shared.thread_builder().spawn(move || {
+        let Some((mut core, pending)) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        drop(theirs);
+        let shared = Arc::clone(&core.shared);
+        Counters::bump(&shared.counters.reinits);
+        let owner = match shared.enter_owner_thread().map_err(|e| e.to_string()) {
+            Ok(()) => match panic::catch_unwind(AssertUnwindSafe(&mut core.init)) {
+                Ok(Ok(state)) => {
+                    shared.heal();
+                    Some(OwnerState::new(state))
+                }
+                Ok(Err(e)) => {
+                    shared.trip(format!("re-init failed: {e}"), cooldown);
+                    None
+                }
+                Err(p) => {
+                    shared.trip(format!("re-init panicked: {}", panic_message(&*p)), cooldown);
+                    None
+                }
+            },
+            Err(e) => {
+                shared.trip(format!("re-init could not set the CPU set: {e}"), cooldown);
+                None
+            }
+        };
+        owner_loop(core, owner, pending);
+    });
+    match spawned {
+        Ok(handle) => {
+            let mut threads = shared.threads.lock().unwrap_or_else(|e| e.into_inner());
+            threads.retain(|h| !h.is_finished());
+            threads.push(handle);
+            Ok(())
+        }
+        Err(e) => {
+            let (core, pending) = slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .expect("thread never started");
+            shared.trip(format!("cannot start a fresh owner thread: {e}"), cooldown);
+            match pending {
+                Some(job) => Err((core, job)),
+                None => {
+                    // Nothing pending: continue on this thread without state.
+                    owner_loop(core, None, None);
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// How `enqueue` may wait for room in the queue.
+#[derive(Clone, Copy)]
+enum Wait {
+    Block,
+    No,
+    Until(Instant),
+}
+
+/// Why `enqueue` refused a message (the message comes back with it).
+enum Refused {
+    Full,
+    Err(Error),
+}
+
+/// A handle to one owner thread and its state `S`. `Send + Sync` whatever
+/// `S` is: share it by reference or `Arc`. Dropping it closes the worker
+/// (see [`close`](Self::close)).
+///
+/// ```
+/// use pinned_ffi::{Config, Context, PinnedWorker};
+/// // The context is created on the owner thread and never leaves it.
+/// let worker = PinnedWorker::spawn(|| Context::new(&Config::with_seed(3)))?;
+/// let out = worker.run(|ctx| ctx.op(1))??;
+/// assert_eq!(Some(out), pinned_ffi::Model::new(3).op(1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct PinnedWorker<S> {
+    shared: Arc<Shared>,
+    tx: Sender<Msg<S>>,
+    releases: Sender<u64>,
+    _state: PhantomData<fn() -> S>,
+}
+
+impl<S> std::fmt::Debug for PinnedWorker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedWorker")
+            .field("name", &self.shared.name)
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+impl<S: 'static> PinnedWorker<S> {
+    /// A builder with the defaults.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Starts a worker with the defaults; see [`Builder::spawn`].
+    ///
+    /// # Errors
+    /// As [`Builder::spawn`].
+    pub fn spawn<E, F>(init: F) -> Result<Self, SpawnError<E>>
+    where
+        E: std::fmt::Display + Send + 'static,
+        F: FnMut() -> Result<S, E> + Send + 'static,
+    {
+        Builder::default().spawn(init)
+    }
+
+    fn enqueue(&self, msg: Msg<S>, wait: Wait) -> Result<(), (Msg<S>, Refused)> {
+        let own_thread = owner_of_current_thread() == Some(self.shared.id);
+        // A job queued from its own owner thread must not wait for room: the
+        // owner is the one that would make it.
+        let wait = if own_thread { Wait::No } else { wait };
+        // ORDERING: SeqCst on `inflight` and `closed`, here and in `close`,
+        // so either close sees this enqueue in flight and waits for it, or
+        // this sees `closed`: no job slips in after the owner's last receive.
+        self.shared.inflight.fetch_add(1, Ordering::SeqCst);
+        let result = if self.shared.closed.load(Ordering::SeqCst) {
+            Err((msg, Refused::Err(self.shared.refusal())))
+        } else if let Some(reason) = self.shared.broken_now() {
+            Err((msg, Refused::Err(Error::Broken(reason))))
+        } else {
+            let sent = match wait {
+                Wait::Block => self.tx.send(msg).map_err(|e| (e.0, true)),
+                Wait::No => self.tx.try_send(msg).map_err(|e| match e {
+                    channel::TrySendError::Full(m) => (m, false),
+                    channel::TrySendError::Disconnected(m) => (m, true),
+                }),
+                Wait::Until(d) => self.tx.send_deadline(msg, d).map_err(|e| match e {
+                    channel::SendTimeoutError::Timeout(m) => (m, false),
+                    channel::SendTimeoutError::Disconnected(m) => (m, true),
+                }),
+            };
+            sent.map_err(|(m, gone)| {
+                let why = match (gone, own_thread) {
+                    (true, _) => Refused::Err(self.shared.refusal()),
+                    (false, true) => Refused::Err(Error::Reentrant),
+                    (false, false) => Refused::Full,
+                };
+                (m, why)
+            })
+        };
+        self.shared.inflight.fetch_sub(1, Ordering::SeqCst);
+        if result.is_ok() {
+            Counters::bump(&self.shared.counters.submitted);
+        }
+        result
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn job<F, R>(&self, f: F, call: fn(F, &mut OwnerState<S>) -> R) -> (Box<JobImpl<S, F, R>>, Arc<Slot<R>>) {
+        let slot = Arc::new(Slot::new(self.shared.id));
+        let enqueued = self.shared.config.timings.then(Instant::now);
+        (
+            Box::new(JobImpl {
+                f: Some(f),
+                call,
+                slot: Arc::clone(&slot),
+                enqueued,
+            }),
+            slot,
+        )
+    }
+
+    /// Runs `f` on the owner thread and waits for its result. `f` may
+    /// borrow from the caller (no `'static` needed).
+    ///
+    /// ```
+    /// # let worker = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(7u64))?;
+    /// let mut buf = vec![0u64; 4];
+    /// worker.run(|seed| buf.iter_mut().for_each(|b| *b = *seed))?; // fills the caller's buffer
+    /// assert_eq!(buf, [7; 4]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Panicked`] if `f` panicked; [`Error::Reentrant`] when called
+    /// from this worker's own owner thread; [`Error::Closed`],
+    /// [`Error::Stopped`], [`Error::Broken`] when refused.
+    pub fn run<'a, R, F>(&self, f: F) -> Result<R, Error>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'a,
+        R: Send + 'a,
+    {
+        self.run_owner(f, call_state::<S, R, F>)
+    }
+
+    fn run_owner<'a, F, R>(&self, f: F, call: fn(F, &mut OwnerState<S>) -> R) -> Result<R, Error>
+    where
+        F: Send + 'a,
+        R: Send + 'a,
+    {
+        if owner_of_current_thread() == Some(self.shared.id) {
+            return Err(Error::Reentrant);
+        }
+        let (job, slot) = self.job(f, call);
+        let job: Box<dyn Job<S> + 'a> = job;
+        // SAFETY: only the lifetime is erased; the type is unchanged. The
+        // job may borrow the caller's stack for 'a, so it must be gone (run
+        // or dropped) before this function returns; it is:
+        // - if enqueue refuses, the job comes back and is dropped right here;
+        // - otherwise we wait below until the slot is DONE, which happens
+        //   only after the closure was consumed (JobImpl::run calls it by
+        //   value) or dropped (reject/Drop drop `f` before `complete`). The
+        //   owner touches only the Arc'd slot after that, whose result we
+        //   take before returning. We never stop waiting early: no time-out,
+        //   no cancel, and nothing in between can unwind.
+        // This is std::thread::scope's argument: the borrow ends before the
+        // scope does.
+        let job: Box<dyn Job<S> + 'static> = unsafe { std::mem::transmute(job) };
+        if let Err((msg, why)) = self.enqueue(Msg::Job(job), Wait::Block) {
+            drop(msg);
+            return Err(match why {
+                Refused::Err(e) => e,
+                Refused::Full => Error::Reentrant,
+            });
+        }
+        slot.wait(self.shared.config.spin)
+    }
+
+    /// Queues `f` and returns a [`Ticket`] for its result; blocks while the
+    /// queue is full.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Stopped`], [`Error::Broken`] when
+    /// refused; [`Error::Reentrant`] when called from the owner thread with
+    /// the queue full.
+    pub fn submit<R, F>(&self, f: F) -> Result<Ticket<R>, Error>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit_with(f, Wait::Block).map_err(|e| match e {
+            TrySubmitError::Refused(_, e) => e,
+            TrySubmitError::Full(_) => Error::Reentrant,
+        })
+    }
+
+    /// Queues `f` if there is room now; otherwise gives it back.
+    ///
+    /// ```
+    /// use pinned_ffi::{PinnedWorker, TrySubmitError};
+    /// let w = PinnedWorker::builder().capacity(1).spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// let (hold, release) = std::sync::mpsc::channel::<()>();
+    /// let busy = w.submit(move |_| release.recv().ok())?; // occupies the owner
+    /// while !w.try_submit(|_| ()).is_ok_and(|t| { drop(t); false }) {}
+    /// # drop(hold); busy.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`TrySubmitError::Full`] with the job when the queue is full;
+    /// [`TrySubmitError::Refused`] with the job and the reason otherwise.
+    pub fn try_submit<R, F>(&self, f: F) -> Result<Ticket<R>, TrySubmitError<F>>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit_with(f, Wait::No)
+    }
+
+    /// Like [`try_submit`](Self::try_submit), waiting up to `timeout` for
+    /// room in the queue.
+    ///
+    /// # Errors
+    /// As [`try_submit`](Self::try_submit).
+    pub fn submit_timeout<R, F>(&self, f: F, timeout: Duration) -> Result<Ticket<R>, TrySubmitError<F>>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit_with(f, Wait::Until(Instant::now() + timeout))
+    }
+
+    fn submit_with<R, F>(&self, f: F, wait: Wait) -> Result<Ticket<R>, TrySubmitError<F>>
+    where
+        F: FnOnce(&mut S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (job, slot) = self.job(f, call_state::<S, R, F>);
+        match self.enqueue(Msg::Job(job), wait) {
+            Ok(()) => Ok(Ticket::new(slot, self.shared.config.spin)),
+            Err((msg, why)) => {
+                let Msg::Job(job) = msg else {
+                    unreachable!("enqueue gives back what it was given")
+                };
+                // SAFETY: this is the Box<JobImpl<S, F, R>> created above,
+                // unsized to `dyn Job<S>` and handed back unchanged by the
+                // channel; casting the pointer back restores its type.
+                let mut job = unsafe { Box::from_raw(Box::into_raw(job).cast::<JobImpl<S, F, R>>()) };
+                let f = job.f.take().expect("refused job was not run");
+                Err(match why {
+                    Refused::Full => TrySubmitError::Full(f),
+                    Refused::Err(e) => TrySubmitError::Refused(f, e),
+                })
+            }
+        }
+    }
+
+    /// Creates a value on the owner thread and keeps it there, returning a
+    /// `Send` handle. The value is reachable only through
+    /// [`with`](Self::with); dropping the handle, from any thread, runs the
+    /// value's destructor on the owner thread. Use it for SDK objects that
+    /// belong to the context (device buffers, sessions).
+    ///
+    /// ```
+    /// # let worker = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// let buf = worker.bind(|_| std::rc::Rc::new(vec![1u8, 2, 3]))?; // Rc: !Send, stays put
+    /// let sum = std::thread::scope(|s| s.spawn(|| worker.with(&buf, |_, v| v.iter().sum::<u8>())).join().unwrap())?;
+    /// assert_eq!(sum, 6);
+    /// drop(buf); // the Rc is dropped on the owner thread
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub fn bind<T, F>(&self, make: F) -> Result<Bound<T>, Error>
+    where
+        T: 'static,
+        F: FnOnce(&mut S) -> T + Send,
+    {
+        self.try_bind(|s| Ok::<T, std::convert::Infallible>(make(s)))?
+            .map_err(|never| match never {})
+    }
+
+    /// Like [`bind`](Self::bind) for fallible creation: `make`'s error is
+    /// returned inside `Ok`.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub fn try_bind<T, E, F>(&self, make: F) -> Result<Result<Bound<T>, E>, Error>
+    where
+        T: 'static,
+        E: Send,
+        F: FnOnce(&mut S) -> Result<T, E> + Send,
+    {
+        let id = self.shared.next_bound.fetch_add(1, Ordering::Relaxed);
+        let made = self.run_owner(
+            (make, id),
+            |(make, id): (F, u64), o: &mut OwnerState<S>| -> Result<(), E> {
+                let value = make(&mut o.state)?;
+                o.bound.insert(id, Box::new(value));
+                Ok(())
+            },
+        )?;
+        Ok(made.map(|()| Bound {
+            id,
+            worker: self.shared.id,
+            releases: self.releases.clone(),
+            _value: PhantomData,
+        }))
+    }
+
+    /// Runs `f` on the owner thread with the state and the owner-bound value.
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`] if the handle belongs to another worker or its
+    /// value was dropped by a re-initialisation; otherwise as
+    /// [`run`](Self::run).
+    pub fn with<T, R, F>(&self, bound: &Bound<T>, f: F) -> Result<R, Error>
+    where
+        T: 'static,
+        R: Send,
+        F: FnOnce(&mut S, &mut T) -> R + Send,
+    {
+        if bound.worker != self.shared.id {
+            return Err(Error::StaleHandle);
+        }
+        self.run_owner((f, bound.id), |(f, id): (F, u64), o: &mut OwnerState<S>| {
+            let value = o
+                .bound
+                .get_mut(&id)
+                .and_then(|v| v.downcast_mut::<T>())
+                .ok_or(Error::StaleHandle)?;
+            Ok(f(&mut o.state, value))
+        })?
+    }
+
+    /// Stops intake, runs every job already accepted, drops the state on the
+    /// owner thread and joins it. Idempotent; later calls return at once.
+    /// Called by `Drop`.
+    pub fn close(&self) {
+        self.close_inner(None);
+    }
+
+    /// Like [`close`](Self::close), but gives up on jobs still queued after
+    /// `timeout`: they never run and their callers get [`Error::Shutdown`].
+    /// A job already running is waited for (it cannot be interrupted).
+    /// Returns how many accepted jobs were shut down that way.
+    ///
+    /// # Panics
+    /// If called from this worker's own owner thread (it would wait on
+    /// itself).
+    pub fn close_timeout(&self, timeout: Duration) -> u64 {
+        let before = self.shared.counters.rejected.load(Ordering::Relaxed);
+        self.close_inner(Some(Instant::now() + timeout));
+        self.shared.counters.rejected.load(Ordering::Relaxed) - before
+    }
+
+    fn close_inner(&self, deadline: Option<Instant>) {
+        assert!(
+            owner_of_current_thread() != Some(self.shared.id),
+            "PinnedWorker::close called from its own owner thread"
+        );
+        close_shared(&self.shared, &self.tx, deadline);
+    }
+
+    /// The owner thread's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the worker takes no more jobs (closed or stopped).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Jobs waiting in the queue now.
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// The Linux thread id (`gettid`) of the current owner thread; it
+    /// changes when the state is re-initialised on a fresh thread.
+    pub fn owner_tid(&self) -> u64 {
+        self.shared.owner_tid.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot of the worker's counters and latency histograms.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let s = &self.shared;
+        MetricsSnapshot::read(&s.name, &s.counters, self.tx.len(), &s.queue_wait, &s.run_time)
+    }
+}
+
+impl<S> Drop for PinnedWorker<S> {
+    fn drop(&mut self) {
+        if owner_of_current_thread() == Some(self.shared.id) {
+            // Dropped by one of its own jobs: stop intake and let the owner
+            // finish the queue; nobody can join it from here.
+            self.shared.closed.store(true, Ordering::SeqCst);
+            let _ = self.tx.try_send(Msg::Stop);
+            return;
+        }
+        close_shared(&self.shared, &self.tx, None);
+    }
+}
+
+/// Stops intake, lets the owner finish (or, past `deadline`, shut down)
+/// what was accepted, waits for it to exit and joins its thread(s).
+fn close_shared<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Option<Instant>) {
+    let abort = || shared.aborting.store(true, Ordering::Release); // ORDERING: read by the owner before each job
+                                                                   // ORDERING: see `enqueue`.
+    shared.closed.store(true, Ordering::SeqCst);
+    while shared.inflight.load(Ordering::SeqCst) != 0 {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            abort();
+        }
+        thread::yield_now();
+    }
+    // A worker that already stopped has no receiver: nothing to send.
+    let _ = match deadline {
+        None => tx.send(Msg::Stop),
+        Some(d) => tx.send_deadline(Msg::Stop, d).or_else(|e| match e {
+            channel::SendTimeoutError::Timeout(m) => {
+                abort();
+                tx.send(m)
+            }
+            channel::SendTimeoutError::Disconnected(m) => Err(channel::SendError(m)),
+        }),
+    };
+    if !shared.wait_exited(deadline) {
+        abort();
+        shared.wait_exited(None);
+    }
+    let handles: Vec<_> = shared
+        .threads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain(..)
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+/// A `Send + Sync` handle to a value of type `T` that lives on a worker's
+/// owner thread (see [`PinnedWorker::bind`]). Dropping it from any thread
+/// destroys the value on the owner thread.
+pub struct Bound<T> {
+    id: u64,
+    worker: u64,
+    releases: Sender<u64>,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Bound<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("id", &self.id)
+            .field("worker", &self.worker)
+            .finish()
+    }
+}
+
+impl<T> Drop for Bound<T> {
+    fn drop(&mut self) {
+        // Unbounded: never blocks, never full. If the worker is gone its
+        // values were already destroyed on its owner thread.
+        let _ = self.releases.send(self.id);
+    }
+}
