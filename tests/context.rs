@@ -22,12 +22,25 @@ fn outputs_follow_the_model_exactly() {
 
 #[test]
 fn invalid_config_is_an_error_with_message() {
-    let e = Context::new(&Config { seed: 0, ..Config::default() }).unwrap_err();
+    let e = Context::new(&Config {
+        seed: 0,
+        ..Config::default()
+    })
+    .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArg);
     assert_eq!(e.message, "aff_ctx_create: seed must be non-zero");
-    let e = Context::new(&Config { init_work: u32::MAX, seed: 1 }).unwrap_err();
+    let e = Context::new(&Config {
+        init_work: u32::MAX,
+        seed: 1,
+    })
+    .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArg);
-    assert!(e.message.contains("init_work 4294967295 exceeds AFF_MAX_INIT_WORK"), "{}", e.message);
+    assert!(
+        e.message
+            .contains("init_work 4294967295 exceeds AFF_MAX_INIT_WORK"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -37,7 +50,10 @@ fn invalid_input_fails_and_leaves_state_unchanged() {
     let e = c.op(MAX_INPUT + 1).unwrap_err();
     assert_eq!(
         e,
-        AffError { code: ErrorCode::InvalidArg, message: format!("aff_op: input {} exceeds AFF_MAX_INPUT", MAX_INPUT + 1) }
+        AffError {
+            code: ErrorCode::InvalidArg,
+            message: format!("aff_op: input {} exceeds AFF_MAX_INPUT", MAX_INPUT + 1)
+        }
     );
     assert!(m.op(MAX_INPUT + 1).is_none());
     assert_eq!(c.op(3).unwrap(), m.op(3).unwrap());
@@ -90,7 +106,13 @@ fn busy_when_current_on_another_thread() {
     })
     .join()
     .unwrap();
-    assert_eq!(err, (ffi::AFF_E_BUSY, "aff_make_current: context is current on another thread".into()));
+    assert_eq!(
+        err,
+        (
+            ffi::AFF_E_BUSY,
+            "aff_make_current: context is current on another thread".into()
+        )
+    );
 }
 
 #[test]
@@ -139,7 +161,15 @@ fn visit_calls_back_on_this_thread_and_can_stop() {
     let expected: Vec<_> = (0..5).map(|i| (i, m.op(i).unwrap())).collect();
     assert_eq!(seen, expected);
 
-    let e = c.visit(10, |i, _| if i == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }).unwrap_err();
+    let e = c
+        .visit(10, |i, _| {
+            if i == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::Callback);
     assert_eq!(e.message, "aff_visit: callback stopped the visit at index 3");
     assert_eq!(c.calls().unwrap(), 5 + 4);
@@ -157,7 +187,10 @@ fn a_panicking_callback_resumes_in_rust_not_in_c() {
         });
     }));
     let payload = r.unwrap_err();
-    assert_eq!(payload.downcast_ref::<String>().map(String::as_str), Some("boom at 2"));
+    assert_eq!(
+        payload.downcast_ref::<String>().map(String::as_str),
+        Some("boom at 2")
+    );
     // C stopped the visit at the panic and the context is still usable.
     assert_eq!(c.calls().unwrap(), 3);
     let mut m = Model::new(12);

@@ -110,8 +110,9 @@ pub struct Pool<S> {
     dispatch: Dispatch,
 }
 
-impl<S: 'static> Pool<S> {
-    /// A builder for `size` workers (at least 1).
+impl Pool<()> {
+    /// A builder for `size` workers (at least 1); [`PoolBuilder::spawn`]
+    /// fixes the state type.
     pub fn builder(size: usize) -> PoolBuilder {
         PoolBuilder {
             size: size.max(1),
@@ -120,7 +121,9 @@ impl<S: 'static> Pool<S> {
             worker: Builder::default(),
         }
     }
+}
 
+impl<S: 'static> Pool<S> {
     /// Number of workers.
     pub fn len(&self) -> usize {
         self.workers.len()

@@ -812,12 +812,14 @@ impl<S> std::fmt::Debug for PinnedWorker<S> {
     }
 }
 
-impl<S: 'static> PinnedWorker<S> {
-    /// A builder with the defaults.
+impl PinnedWorker<()> {
+    /// A builder with the defaults; [`Builder::spawn`] fixes the state type.
     pub fn builder() -> Builder {
         Builder::default()
     }
+}
 
+impl<S: 'static> PinnedWorker<S> {
     /// Starts a worker with the defaults; see [`Builder::spawn`].
     ///
     /// # Errors
