@@ -189,7 +189,7 @@ int aff_visit(uint64_t n, aff_visit_cb cb, void *user) {
     if (cb == NULL) return fail(AFF_E_INVALID_ARG, "aff_visit: cb is NULL");
     if (tls_current == NULL) return no_context("aff_visit");
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t v;
+        uint64_t v = 0;
         /* i <= AFF_MAX_INPUT for any realistic n; an error stops the visit. */
         int rc = op_one(i, &v, "aff_visit");
         if (rc != AFF_OK) return rc;

@@ -16,7 +16,10 @@
     non_snake_case,
     dead_code,
     clippy::all,
-    clippy::undocumented_unsafe_blocks
+    clippy::undocumented_unsafe_blocks,
+    // Doc comments come verbatim from affine.h (C syntax such as `in[i]`).
+    rustdoc::broken_intra_doc_links,
+    rustdoc::invalid_html_tags
 )]
 mod bindings {
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

@@ -46,3 +46,8 @@ pub use model::{mix64, Model};
 pub use pool::{Dispatch, Pool, PoolBuilder};
 pub use slot::Ticket;
 pub use worker::{Bound, Breaker, Builder, PanicPolicy, PinnedWorker};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -35,7 +35,7 @@ fn bucket_high(b: usize) -> u64 {
     let log = (b / SUB) as u32 + SUB_BITS - 1;
     let sub = (b % SUB) as u64;
     let low = (1u64 << log) | (sub << (log - SUB_BITS));
-    low + (1u64 << (log - SUB_BITS)) - 1
+    low + ((1u64 << (log - SUB_BITS)) - 1)
 }
 
 impl Histogram {
@@ -101,10 +101,26 @@ impl fmt::Display for Summary {
     }
 }
 
-/// The worker's live counters.
+/// A value on cache lines of its own (128 bytes: x86 prefetches lines in
+/// pairs), so a field written by callers never shares a line with one the
+/// owner writes.
 #[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// The worker's live counters: `submitted` is written by callers, the rest
+/// by the owner, on separate cache lines.
+#[derive(Default)]
+#[repr(C, align(128))]
 pub(crate) struct Counters {
-    pub(crate) submitted: AtomicU64,
+    pub(crate) submitted: Padded<AtomicU64>,
     pub(crate) completed: AtomicU64,
     pub(crate) panicked: AtomicU64,
     pub(crate) rejected: AtomicU64,

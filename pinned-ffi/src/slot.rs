@@ -22,6 +22,10 @@ const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 const CANCELLED: u8 = 4;
 const WAITER: u8 = 8;
+/// Set by the completer after it has woken a registered waiter; from then
+/// on it never touches the slot again, so a slot on the waiter's stack may
+/// go away.
+const FINISHED: u8 = 16;
 
 /// Where one job's outcome lands.
 pub(crate) struct Slot<R> {
@@ -75,6 +79,8 @@ impl<R> Slot<R> {
 
     /// Completing side: publishes the outcome and wakes a parked waiter.
     /// Called at most once per slot (the job owns the right to complete).
+    /// Without a registered waiter, the `fetch_or` below is the completer's
+    /// last access to the slot; with one, setting FINISHED is.
     pub(crate) fn complete(&self, outcome: Result<R, Error>) {
         // SAFETY: the waiter reads `result` only after seeing DONE, which is
         // set below, after this write; no one else writes it.
@@ -84,6 +90,9 @@ impl<R> Slot<R> {
         let prev = self.state.fetch_or(DONE, Ordering::AcqRel);
         if prev & WAITER != 0 {
             let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            // ORDERING: Release: our last touch of the slot (the unlock
+            // above) happens before the waiter sees FINISHED.
+            self.state.fetch_or(FINISHED, Ordering::Release);
             if let Some(waker) = waker {
                 waker.wake();
             }
@@ -121,17 +130,24 @@ impl<R> Slot<R> {
     }
 
     /// Blocks until done or `deadline`: spins for up to `spin`, then parks.
-    /// Returns whether it is done.
+    /// Returns whether it is done. When it returns `true` the completer has
+    /// finished with the slot.
     pub(crate) fn wait_until(&self, spin: Duration, deadline: Option<Instant>) -> bool {
         if spin_until_done(|| self.is_done(), spin, deadline) {
             return true;
         }
         let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
         if self.register(&waker) {
-            return true;
+            return true; // done before we registered: the completer never saw WAITER
         }
         loop {
             if self.is_done() {
+                // The completer saw WAITER and is waking us; wait until it
+                // has let go of the slot (a few instructions).
+                // ORDERING: Acquire pairs with the Release of FINISHED.
+                while self.state.load(Ordering::Acquire) & FINISHED == 0 {
+                    std::hint::spin_loop();
+                }
                 return true;
             }
             match deadline {
@@ -139,7 +155,7 @@ impl<R> Slot<R> {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return self.is_done();
+                        return false;
                     }
                     thread::park_timeout(d - now);
                 }
@@ -147,7 +163,8 @@ impl<R> Slot<R> {
         }
     }
 
-    /// Waits for the outcome (no deadline).
+    /// Waits for the outcome (no deadline). On return the completer no
+    /// longer touches the slot, so it may live on the waiter's stack.
     pub(crate) fn wait(&self, spin: Duration) -> Result<R, Error> {
         self.wait_until(spin, None);
         self.take()

@@ -12,10 +12,11 @@
 //! can be cancelled is a job that has not started yet.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{self as channel, Receiver, Select, Sender, TryRecvError};
 
 use crate::error::{panic_message, Error, SpawnError, TrySubmitError};
-use crate::metrics::{Counters, Histogram, MetricsSnapshot};
+use crate::metrics::{Counters, Histogram, MetricsSnapshot, Padded};
 use crate::slot::{spin_until_done, Slot, Ticket};
 
 static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
@@ -199,7 +200,7 @@ impl Builder {
             config: self,
             epoch: Instant::now(),
             closed: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
+            inflight: Padded(AtomicUsize::new(0)),
             broken: AtomicBool::new(false),
             broken_until: AtomicU64::new(0),
             broken_reason: Mutex::new(String::new()),
@@ -280,7 +281,8 @@ struct Shared {
     config: Builder,
     epoch: Instant,
     closed: AtomicBool,
-    inflight: AtomicUsize,
+    /// Written by every caller: a cache line of its own.
+    inflight: Padded<AtomicUsize>,
     broken: AtomicBool,
     broken_until: AtomicU64,
     broken_reason: Mutex<String>,
@@ -422,48 +424,103 @@ enum RunOutcome {
     Panicked,
 }
 
-/// A type-erased job: the closure, how to call it, and its slot.
+/// A type-erased job: the closure, how to call it, and its slot. Methods
+/// take `&self` because a borrowed job lives on its caller's stack while
+/// the owner uses it; `f` is touched by one side at a time (see `JobImpl`).
 trait Job<S>: Send {
-    fn run(self: Box<Self>, owner: &mut OwnerState<S>) -> RunOutcome;
-    fn reject(self: Box<Self>, error: Error);
+    /// Runs it unless cancelled; after this returns the job is not touched.
+    fn run(&self, owner: &mut OwnerState<S>) -> RunOutcome;
+    /// Completes it with `error` without running it.
+    fn reject(&self, error: Error);
     fn enqueued(&self) -> Option<Instant>;
 }
 
-struct JobImpl<S, F, R> {
-    f: Option<F>,
+/// Where a job's slot lives: shared (`Arc`, for tickets) or inline (for
+/// `run`, on the caller's stack).
+trait SlotHolder<R> {
+    /// Whether the caller may cancel (only ticket holders can give up).
+    const CANCELLABLE: bool;
+    fn slot(&self) -> &Slot<R>;
+}
+
+impl<R> SlotHolder<R> for Arc<Slot<R>> {
+    const CANCELLABLE: bool = true;
+    fn slot(&self) -> &Slot<R> {
+        self
+    }
+}
+
+impl<R> SlotHolder<R> for Slot<R> {
+    // `run` waits to the end: no cancel, so no claim needed before running,
+    // which spares an atomic RMW on the line the caller is spinning on.
+    const CANCELLABLE: bool = false;
+    fn slot(&self) -> &Slot<R> {
+        self
+    }
+}
+
+struct JobImpl<S, F, R, P: SlotHolder<R>> {
+    /// Taken exactly once, by whichever side runs, rejects or drops the job.
+    f: UnsafeCell<Option<F>>,
     call: fn(F, &mut OwnerState<S>) -> R,
-    slot: Arc<Slot<R>>,
+    slot: P,
     enqueued: Option<Instant>,
 }
 
-impl<S, F: Send, R: Send> Job<S> for JobImpl<S, F, R> {
-    fn run(mut self: Box<Self>, owner: &mut OwnerState<S>) -> RunOutcome {
-        if !self.slot.start() {
-            self.f = None;
-            return RunOutcome::Cancelled;
-        }
-        let f = self.f.take().expect("job runs once");
-        let call = self.call;
-        // The closure is consumed (and so dropped) inside the call, before
-        // `complete` signals the caller: `run` relies on this.
-        match panic::catch_unwind(AssertUnwindSafe(|| call(f, owner))) {
-            Ok(r) => {
-                self.slot.complete(Ok(r));
-                RunOutcome::Done
-            }
-            Err(payload) => {
-                let msg = panic_message(&*payload);
-                drop(payload);
-                self.slot.complete(Err(Error::Panicked(msg)));
-                RunOutcome::Panicked
-            }
+// SAFETY: `f` is only accessed by the side that holds the job (the owner
+// while running or rejecting it, the creator before sending or after it got
+// it back), never by two threads at once; F: Send lets it move.
+unsafe impl<S, F: Send, R, P: SlotHolder<R> + Send> Send for JobImpl<S, F, R, P> {}
+
+impl<S, F, R, P: SlotHolder<R>> JobImpl<S, F, R, P> {
+    fn new(f: F, call: fn(F, &mut OwnerState<S>) -> R, slot: P, enqueued: Option<Instant>) -> Self {
+        JobImpl {
+            f: UnsafeCell::new(Some(f)),
+            call,
+            slot,
+            enqueued,
         }
     }
 
-    fn reject(mut self: Box<Self>, error: Error) {
-        if let Some(f) = self.f.take() {
+    /// # Safety
+    /// The caller must be the only one accessing `f` (see the Send impl).
+    unsafe fn take_f(&self) -> Option<F> {
+        // SAFETY: exclusive by the caller's contract.
+        unsafe { (*self.f.get()).take() }
+    }
+}
+
+impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P> {
+    fn run(&self, owner: &mut OwnerState<S>) -> RunOutcome {
+        let slot = self.slot.slot();
+        // SAFETY: the owner holds the job now; nobody else touches `f`.
+        let f = unsafe { self.take_f() };
+        if P::CANCELLABLE && !slot.start() {
             drop(f);
-            self.slot.complete(Err(error));
+            return RunOutcome::Cancelled;
+        }
+        let f = f.expect("job runs once");
+        let call = self.call;
+        // The closure is consumed (and so dropped) inside the call, before
+        // `complete` signals the caller: `run` relies on this.
+        let outcome = match panic::catch_unwind(AssertUnwindSafe(|| call(f, owner))) {
+            Ok(r) => (Ok(r), RunOutcome::Done),
+            Err(payload) => {
+                let msg = panic_message(&*payload);
+                drop(payload);
+                (Err(Error::Panicked(msg)), RunOutcome::Panicked)
+            }
+        };
+        // Last touch of a borrowed job: it may be gone right after.
+        slot.complete(outcome.0);
+        outcome.1
+    }
+
+    fn reject(&self, error: Error) {
+        // SAFETY: the rejecting side holds the job; nobody else touches `f`.
+        if let Some(f) = unsafe { self.take_f() } {
+            drop(f);
+            self.slot.slot().complete(Err(error));
         }
     }
 
@@ -472,14 +529,53 @@ impl<S, F: Send, R: Send> Job<S> for JobImpl<S, F, R> {
     }
 }
 
-impl<S, F, R> Drop for JobImpl<S, F, R> {
+impl<S, F, R, P: SlotHolder<R>> Drop for JobImpl<S, F, R, P> {
     fn drop(&mut self) {
         // A job dropped without running or being rejected (its channel was
         // torn down) still gets an outcome.
-        if let Some(f) = self.f.take() {
+        if let Some(f) = self.f.get_mut().take() {
             drop(f);
-            self.slot.complete(Err(Error::Shutdown));
+            self.slot.slot().complete(Err(Error::Shutdown));
         }
+    }
+}
+
+/// Keeps a value on cache lines of its own (128 bytes: adjacent-line
+/// prefetch pairs lines on x86).
+#[repr(align(128))]
+struct CacheAligned<T>(T);
+
+/// A job on its caller's stack (from `run`), sent by pointer: no allocation.
+/// The caller waits until the job is completed, so the pointer stays valid
+/// while this exists; dropping it unrun rejects the job.
+struct BorrowedJob<S>(NonNull<dyn Job<S>>);
+
+// SAFETY: the pointee is a `Job<S>`, which is Send; the pointer is only
+// dereferenced by whoever holds this message, one thread at a time.
+unsafe impl<S> Send for BorrowedJob<S> {}
+
+impl<S> BorrowedJob<S> {
+    fn job(&self) -> &dyn Job<S> {
+        // SAFETY: the caller keeps the job alive until it is completed, and
+        // completion happens only through this message (run/reject/drop).
+        unsafe { self.0.as_ref() }
+    }
+
+    fn run(self, owner: &mut OwnerState<S>) -> RunOutcome {
+        let outcome = self.job().run(owner);
+        std::mem::forget(self); // completed: the job may already be gone
+        outcome
+    }
+
+    fn reject(self, error: Error) {
+        self.job().reject(error);
+        std::mem::forget(self);
+    }
+}
+
+impl<S> Drop for BorrowedJob<S> {
+    fn drop(&mut self) {
+        self.job().reject(Error::Shutdown);
     }
 }
 
@@ -489,7 +585,34 @@ fn call_state<S, R, F: FnOnce(&mut S) -> R>(f: F, owner: &mut OwnerState<S>) -> 
 
 enum Msg<S> {
     Job(Box<dyn Job<S>>),
+    Borrowed(BorrowedJob<S>),
     Stop,
+}
+
+impl<S> Msg<S> {
+    fn run(self, owner: &mut OwnerState<S>) -> RunOutcome {
+        match self {
+            Msg::Job(job) => job.run(owner),
+            Msg::Borrowed(job) => job.run(owner),
+            Msg::Stop => unreachable!("Stop is not a job"),
+        }
+    }
+
+    fn reject(self, error: Error) {
+        match self {
+            Msg::Job(job) => job.reject(error),
+            Msg::Borrowed(job) => job.reject(error),
+            Msg::Stop => {}
+        }
+    }
+
+    fn enqueued(&self) -> Option<Instant> {
+        match self {
+            Msg::Job(job) => job.enqueued(),
+            Msg::Borrowed(job) => job.job().enqueued(),
+            Msg::Stop => None,
+        }
+    }
 }
 
 enum Event<S> {
@@ -589,19 +712,15 @@ impl<S> Core<S> {
 /// The owner thread's loop. `owner` is `None` while the state is missing
 /// (a failed re-init). `pending` is a job to handle first (the one that
 /// triggered a re-init).
-fn owner_loop<S: 'static>(
-    mut core: Core<S>,
-    mut owner: Option<OwnerState<S>>,
-    mut pending: Option<Box<dyn Job<S>>>,
-) {
+fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, mut pending: Option<Msg<S>>) {
     let shared = Arc::clone(&core.shared);
     let c = &shared.counters;
     loop {
         let job = match pending.take() {
             Some(job) => job,
             None => match core.next() {
-                Event::Msg(Msg::Job(job)) => job,
                 Event::Msg(Msg::Stop) | Event::Disconnected => break,
+                Event::Msg(job) => job,
                 Event::Release(id) => {
                     if let Some(o) = owner.as_mut() {
                         o.bound.remove(&id);
@@ -694,9 +813,9 @@ fn owner_loop<S: 'static>(
 /// Rejects whatever is left in the queue (only after Stop or a Stop policy).
 fn drain_rejecting<S>(core: &Core<S>, error: Error) {
     while let Ok(msg) = core.rx.try_recv() {
-        if let Msg::Job(job) = msg {
+        if !matches!(msg, Msg::Stop) {
             Counters::bump(&core.shared.counters.rejected);
-            job.reject(error.clone());
+            msg.reject(error.clone());
         }
     }
 }
@@ -704,16 +823,12 @@ fn drain_rejecting<S>(core: &Core<S>, error: Error) {
 /// Starts a fresh owner thread that re-runs `init` and carries on the loop.
 /// On failure to create the thread, gives everything back.
 #[allow(clippy::type_complexity)]
-fn respawn<S: 'static>(
-    core: Core<S>,
-    pending: Option<Box<dyn Job<S>>>,
-) -> Result<(), (Core<S>, Box<dyn Job<S>>)> {
+fn respawn<S: 'static>(core: Core<S>, pending: Option<Msg<S>>) -> Result<(), (Core<S>, Msg<S>)> {
     let shared = Arc::clone(&core.shared);
     let cooldown = core.cooldown();
     // The job and core move into the new thread; keep a way back if the
     // thread cannot be created.
-    let slot: Arc<Mutex<Option<(Core<S>, Option<Box<dyn Job<S>>>)>>> =
-        Arc::new(Mutex::new(Some((core, pending))));
+    let slot: Arc<Mutex<Option<(Core<S>, Option<Msg<S>>)>>> = Arc::new(Mutex::new(Some((core, pending))));
     let theirs = Arc::clone(&slot);
     let spawned = shared.thread_builder().spawn(move || {
         let Some((mut core, pending)) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() else {
@@ -873,19 +988,23 @@ impl<S: 'static> PinnedWorker<S> {
         result
     }
 
-    #[allow(clippy::type_complexity)]
-    fn job<F, R>(&self, f: F, call: fn(F, &mut OwnerState<S>) -> R) -> (Box<JobImpl<S, F, R>>, Arc<Slot<R>>) {
-        let slot = Arc::new(Slot::new(self.shared.id));
-        let enqueued = self.shared.config.timings.then(Instant::now);
-        (
-            Box::new(JobImpl {
-                f: Some(f),
-                call,
-                slot: Arc::clone(&slot),
-                enqueued,
-            }),
-            slot,
-        )
+    /// When to stamp a job for the latency histograms: every
+    /// `TIMING_SAMPLE`-th job per calling thread, so the clock is read on
+    /// few hand-offs (a read costs tens of ns on a VM).
+    fn stamp(&self) -> Option<Instant> {
+        const TIMING_SAMPLE: u32 = 8;
+        thread_local! {
+            static N: Cell<u32> = const { Cell::new(0) };
+        }
+        if !self.shared.config.timings {
+            return None;
+        }
+        let n = N.with(|n| {
+            let v = n.get().wrapping_add(1);
+            n.set(v);
+            v
+        });
+        (n % TIMING_SAMPLE == 0).then(Instant::now)
     }
 
     /// Runs `f` on the owner thread and waits for its result. `f` may
@@ -919,29 +1038,33 @@ impl<S: 'static> PinnedWorker<S> {
         if owner_of_current_thread() == Some(self.shared.id) {
             return Err(Error::Reentrant);
         }
-        let (job, slot) = self.job(f, call);
-        let job: Box<dyn Job<S> + 'a> = job;
+        // Aligned to its own cache lines: the owner writes the slot while
+        // this thread spins, and must not share a line with our stack.
+        let job = CacheAligned(JobImpl::new(f, call, Slot::new(self.shared.id), self.stamp()));
+        let ptr: NonNull<dyn Job<S> + 'a> = NonNull::from(&job.0);
         // SAFETY: only the lifetime is erased; the type is unchanged. The
-        // job may borrow the caller's stack for 'a, so it must be gone (run
-        // or dropped) before this function returns; it is:
-        // - if enqueue refuses, the job comes back and is dropped right here;
-        // - otherwise we wait below until the slot is DONE, which happens
-        //   only after the closure was consumed (JobImpl::run calls it by
-        //   value) or dropped (reject/Drop drop `f` before `complete`). The
-        //   owner touches only the Arc'd slot after that, whose result we
-        //   take before returning. We never stop waiting early: no time-out,
-        //   no cancel, and nothing in between can unwind.
+        // job lives on this stack frame and may borrow the caller's stack
+        // for 'a, so the owner must be done with it before we return; it is:
+        // - if enqueue refuses, the message comes back and its drop rejects
+        //   the job right here;
+        // - otherwise we wait below until the slot is complete, which the
+        //   owner (or the channel's teardown, via BorrowedJob's drop) does
+        //   as its last touch of the job, after the closure was consumed
+        //   (called by value) or dropped; `wait` also waits for the owner
+        //   to let go of the slot when it had to wake us. We never stop
+        //   waiting early (no time-out, no cancel) and nothing in between
+        //   can unwind.
         // This is std::thread::scope's argument: the borrow ends before the
         // scope does.
-        let job: Box<dyn Job<S> + 'static> = unsafe { std::mem::transmute(job) };
-        if let Err((msg, why)) = self.enqueue(Msg::Job(job), Wait::Block) {
+        let ptr: NonNull<dyn Job<S> + 'static> = unsafe { std::mem::transmute(ptr) };
+        if let Err((msg, why)) = self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
             drop(msg);
             return Err(match why {
                 Refused::Err(e) => e,
                 Refused::Full => Error::Reentrant,
             });
         }
-        slot.wait(self.shared.config.spin)
+        job.0.slot.wait(self.shared.config.spin)
     }
 
     /// Queues `f` and returns a [`Ticket`] for its result; blocks while the
@@ -967,10 +1090,19 @@ impl<S: 'static> PinnedWorker<S> {
     /// ```
     /// use pinned_ffi::{PinnedWorker, TrySubmitError};
     /// let w = PinnedWorker::builder().capacity(1).spawn(|| Ok::<_, std::convert::Infallible>(()))?;
-    /// let (hold, release) = std::sync::mpsc::channel::<()>();
-    /// let busy = w.submit(move |_| release.recv().ok())?; // occupies the owner
-    /// while !w.try_submit(|_| ()).is_ok_and(|t| { drop(t); false }) {}
-    /// # drop(hold); busy.wait()?;
+    /// let (release, hold) = std::sync::mpsc::channel::<()>();
+    /// let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    /// let busy = w.submit(move |_| { started_tx.send(()).unwrap(); hold.recv().ok(); })?;
+    /// started.recv()?; // the owner is busy
+    /// let queued = w.try_submit(|_| ()).unwrap(); // fills the one place
+    /// let job = match w.try_submit(|_| ()) {
+    ///     Err(TrySubmitError::Full(job)) => job, // given back, nothing lost
+    ///     other => panic!("expected Full, got {other:?}"),
+    /// };
+    /// release.send(())?;
+    /// busy.wait()?;
+    /// queued.wait()?;
+    /// w.submit(job)?.wait()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -1003,18 +1135,26 @@ impl<S: 'static> PinnedWorker<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let (job, slot) = self.job(f, call_state::<S, R, F>);
+        let slot = Arc::new(Slot::new(self.shared.id));
+        let job = Box::new(JobImpl::new(
+            f,
+            call_state::<S, R, F>,
+            Arc::clone(&slot),
+            self.stamp(),
+        ));
         match self.enqueue(Msg::Job(job), wait) {
             Ok(()) => Ok(Ticket::new(slot, self.shared.config.spin)),
             Err((msg, why)) => {
                 let Msg::Job(job) = msg else {
                     unreachable!("enqueue gives back what it was given")
                 };
-                // SAFETY: this is the Box<JobImpl<S, F, R>> created above,
-                // unsized to `dyn Job<S>` and handed back unchanged by the
-                // channel; casting the pointer back restores its type.
-                let mut job = unsafe { Box::from_raw(Box::into_raw(job).cast::<JobImpl<S, F, R>>()) };
-                let f = job.f.take().expect("refused job was not run");
+                // SAFETY: this is the Box<JobImpl<..>> created above, unsized
+                // to `dyn Job<S>` and handed back unchanged by the channel;
+                // casting the pointer back restores its type.
+                let job =
+                    unsafe { Box::from_raw(Box::into_raw(job).cast::<JobImpl<S, F, R, Arc<Slot<R>>>>()) };
+                // SAFETY: the job came back unrun; we are its only holder.
+                let f = unsafe { job.take_f() }.expect("refused job was not run");
                 Err(match why {
                     Refused::Full => TrySubmitError::Full(f),
                     Refused::Err(e) => TrySubmitError::Refused(f, e),

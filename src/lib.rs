@@ -1,0 +1,7 @@
+//! The report behind `cargo run --release`, and the workloads shared by the
+//! proof tests and the benches: corruption [`scenarios`] and the
+//! [`strategies`] whose per-call cost is compared.
+
+pub mod report;
+pub mod scenarios;
+pub mod strategies;

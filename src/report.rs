@@ -1,0 +1,335 @@
+//! Runs the scenarios and strategies and renders the results as a table,
+//! JSON and an SVG bar chart.
+
+use std::fmt::Write as _;
+
+use crate::scenarios::{self, Outcome};
+use crate::strategies::{Measured, Strategy};
+
+/// How long a report run may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A few seconds: CI's smoke run.
+    Quick,
+    /// The default: more calls and trials, still well under a minute.
+    Full,
+}
+
+/// One strategy's line of the cost table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Strategy name.
+    pub name: String,
+    /// Median over trials of ns per call.
+    pub ns_per_call: f64,
+    /// `ns_per_call` over the direct call's.
+    pub ratio_to_direct: f64,
+    /// Contexts created per trial.
+    pub contexts_created: u64,
+    /// OS threads started per trial.
+    pub os_threads: u64,
+    /// Wrong outputs in all trials (`None`: not checkable).
+    pub wrong_results: Option<u64>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// The corruption scenarios.
+    pub scenarios: Vec<Outcome>,
+    /// The cost table.
+    pub rows: Vec<Row>,
+}
+
+/// What machine the figures come from.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// CPU model.
+    pub cpu: String,
+    /// Logical CPUs available.
+    pub cpus: usize,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Reads it from `/proc` (Linux; "unknown" elsewhere).
+    pub fn detect() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+                })
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Machine { cpu, cpus, kernel }
+    }
+}
+
+/// The strategies in report order.
+pub fn strategies() -> Vec<Strategy> {
+    vec![
+        Strategy::SpinPingPong,
+        Strategy::Direct,
+        Strategy::Pinned,
+        Strategy::PinnedBatch(16),
+        Strategy::PinnedBatch(256),
+        Strategy::Pool {
+            workers: 2,
+            callers: 2,
+        },
+        Strategy::Pool {
+            workers: 2,
+            callers: 8,
+        },
+        Strategy::PinnedCallers(8),
+        Strategy::AsyncSubmit,
+        Strategy::CrossbeamNaive,
+        Strategy::CrossbeamCallers(8),
+        Strategy::Rebind,
+        Strategy::ThreadLocal(2),
+        Strategy::ContextPerCall,
+        Strategy::ThreadPerCall,
+    ]
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Runs everything, calling `progress` before each step.
+pub fn run(mode: Mode, mut progress: impl FnMut(&str)) -> Report {
+    let (scenario_calls, trials, fast_calls, slow_calls) = match mode {
+        Mode::Quick => (2_000, 3, 20_000, 100),
+        Mode::Full => (20_000, 5, 100_000, 100),
+    };
+    progress("corruption scenarios");
+    let scenarios = vec![
+        scenarios::raw_thread_pool(4, scenario_calls),
+        scenarios::raw_async_tasks(8, scenario_calls / 8),
+        scenarios::pinned_thread_pool(4, scenario_calls),
+        scenarios::pinned_async_tasks(8, scenario_calls / 8),
+    ];
+
+    let list = strategies();
+    let mut samples: Vec<Vec<Measured>> = vec![Vec::new(); list.len()];
+    // Trials are interleaved across strategies so drift on a shared machine
+    // hits them all alike.
+    for trial in 0..trials {
+        for (s, strategy) in list.iter().enumerate() {
+            progress(&format!("trial {}/{trials}: {}", trial + 1, strategy.name()));
+            let calls = if strategy.is_slow() {
+                slow_calls
+            } else {
+                fast_calls
+            };
+            samples[s].push(strategy.run(calls));
+        }
+    }
+    let ns = |m: &Measured| m.elapsed.as_nanos() as f64 / m.calls as f64;
+    let direct = list
+        .iter()
+        .position(|s| *s == Strategy::Direct)
+        .expect("direct is listed");
+    let direct_ns = median(samples[direct].iter().map(ns).collect());
+    let rows = list
+        .iter()
+        .zip(&samples)
+        .map(|(strategy, ms)| {
+            let med = median(ms.iter().map(ns).collect());
+            Row {
+                name: strategy.name(),
+                ns_per_call: med,
+                ratio_to_direct: med / direct_ns,
+                contexts_created: ms[0].contexts,
+                os_threads: ms[0].os_threads,
+                wrong_results: ms.iter().map(|m| m.wrong).sum(),
+            }
+        })
+        .collect();
+    Report {
+        machine: Machine::detect(),
+        scenarios,
+        rows,
+    }
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+impl Report {
+    /// The two tables as text.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(s, "machine: {} ({} CPUs), Linux {}\n", m.cpu, m.cpus, m.kernel);
+        let _ = writeln!(
+            s,
+            "Correctness: one call sequence per caller, checked against the reference model"
+        );
+        let _ = writeln!(
+            s,
+            "{:<58} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "scenario", "calls", "wrong", "failed", "lost err", "contexts"
+        );
+        for o in &self.scenarios {
+            let _ = writeln!(
+                s,
+                "{:<58} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                o.name, o.calls, o.wrong, o.failed_calls, o.lost_errors, o.contexts
+            );
+        }
+        let _ = writeln!(s, "\nCost per call (median of trials, same run)");
+        let _ = writeln!(
+            s,
+            "{:<42} {:>12} {:>10} {:>9} {:>8} {:>7}",
+            "strategy", "per call", "x direct", "contexts", "threads", "wrong"
+        );
+        for r in &self.rows {
+            let wrong = r.wrong_results.map_or("-".to_owned(), |w| w.to_string());
+            let _ = writeln!(
+                s,
+                "{:<42} {:>12} {:>10.1} {:>9} {:>8} {:>7}",
+                r.name,
+                fmt_ns(r.ns_per_call),
+                r.ratio_to_direct,
+                r.contexts_created,
+                r.os_threads,
+                wrong
+            );
+        }
+        s
+    }
+
+    /// The report as JSON.
+    pub fn json(&self) -> String {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = write!(
+            s,
+            "{{\"machine\": {{\"cpu\": \"{}\", \"cpus\": {}, \"kernel\": \"{}\"}}, ",
+            esc(&m.cpu),
+            m.cpus,
+            esc(&m.kernel)
+        );
+        s.push_str("\"scenarios\": [");
+        for (i, o) in self.scenarios.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}{{\"name\": \"{}\", \"calls\": {}, \"wrong\": {}, \"failed_calls\": {}, \"lost_errors\": {}, \"contexts\": {}}}",
+                if i > 0 { ", " } else { "" },
+                esc(&o.name),
+                o.calls,
+                o.wrong,
+                o.failed_calls,
+                o.lost_errors,
+                o.contexts
+            );
+        }
+        s.push_str("], \"strategies\": [");
+        for (i, r) in self.rows.iter().enumerate() {
+            let wrong = r.wrong_results.map_or("null".to_owned(), |w| w.to_string());
+            let _ = write!(
+                s,
+                "{}{{\"name\": \"{}\", \"ns_per_call\": {:.2}, \"ratio_to_direct\": {:.3}, \"contexts_created\": {}, \"os_threads\": {}, \"wrong_results\": {}}}",
+                if i > 0 { ", " } else { "" },
+                esc(&r.name),
+                r.ns_per_call,
+                r.ratio_to_direct,
+                r.contexts_created,
+                r.os_threads,
+                wrong
+            );
+        }
+        s.push_str("]}\n");
+        s
+    }
+
+    /// The cost table as a horizontal bar chart, log scale.
+    pub fn svg(&self) -> String {
+        let (w, left, bar_h, gap, top) = (900.0, 330.0, 18.0, 6.0, 40.0);
+        let h = top + self.rows.len() as f64 * (bar_h + gap) + 40.0;
+        let max = self.rows.iter().map(|r| r.ns_per_call).fold(10.0, f64::max);
+        let lo = 1.0f64; // 1 ns
+        let scale =
+            |ns: f64| (ns.max(lo).log10() - lo.log10()) / (max.log10() - lo.log10()) * (w - left - 90.0);
+        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let mut s = String::new();
+        let _ = writeln!(s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">");
+        let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+        let _ = writeln!(
+            s,
+            "<text x=\"10\" y=\"22\" font-size=\"14\">ns per call, log scale — {}</text>",
+            esc(&self.machine.cpu)
+        );
+        let mut decade = 1.0;
+        while decade <= max * 10.0 {
+            let x = left + scale(decade);
+            if x <= w - 80.0 {
+                let _ = writeln!(
+                    s,
+                    "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>",
+                    h - 30.0
+                );
+                let _ = writeln!(
+                    s,
+                    "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#666\">{}</text>",
+                    h - 15.0,
+                    fmt_ns(decade)
+                );
+            }
+            decade *= 10.0;
+        }
+        for (i, r) in self.rows.iter().enumerate() {
+            let y = top + i as f64 * (bar_h + gap);
+            let colour = if r.name.starts_with("pinned") || r.name.starts_with("pool") {
+                "#2b7bba"
+            } else {
+                "#999"
+            };
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                left - 8.0,
+                y + 13.0,
+                esc(&r.name)
+            );
+            let bw = scale(r.ns_per_call).max(1.0);
+            let _ = writeln!(
+                s,
+                "<rect x=\"{left}\" y=\"{y:.1}\" width=\"{bw:.1}\" height=\"{bar_h}\" fill=\"{colour}\"/>"
+            );
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                left + bw + 5.0,
+                y + 13.0,
+                fmt_ns(r.ns_per_call)
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
