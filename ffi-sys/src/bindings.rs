@@ -32,8 +32,7 @@ pub struct aff_config {
 const _: () = {
     ["Size of aff_config"][::core::mem::size_of::<aff_config>() - 16usize];
     ["Alignment of aff_config"][::core::mem::align_of::<aff_config>() - 8usize];
-    ["Offset of field: aff_config::init_work"]
-        [::core::mem::offset_of!(aff_config, init_work) - 0usize];
+    ["Offset of field: aff_config::init_work"][::core::mem::offset_of!(aff_config, init_work) - 0usize];
     ["Offset of field: aff_config::seed"][::core::mem::offset_of!(aff_config, seed) - 8usize];
 };
 #[doc = " Process-wide counters (atomics; any thread)."]
@@ -60,24 +59,16 @@ const _: () = {
     ["Size of aff_stats"][::core::mem::size_of::<aff_stats>() - 56usize];
     ["Alignment of aff_stats"][::core::mem::align_of::<aff_stats>() - 8usize];
     ["Offset of field: aff_stats::created"][::core::mem::offset_of!(aff_stats, created) - 0usize];
-    ["Offset of field: aff_stats::destroyed"]
-        [::core::mem::offset_of!(aff_stats, destroyed) - 8usize];
+    ["Offset of field: aff_stats::destroyed"][::core::mem::offset_of!(aff_stats, destroyed) - 8usize];
     ["Offset of field: aff_stats::calls"][::core::mem::offset_of!(aff_stats, calls) - 16usize];
-    ["Offset of field: aff_stats::no_context"]
-        [::core::mem::offset_of!(aff_stats, no_context) - 24usize];
-    ["Offset of field: aff_stats::wrong_thread"]
-        [::core::mem::offset_of!(aff_stats, wrong_thread) - 32usize];
+    ["Offset of field: aff_stats::no_context"][::core::mem::offset_of!(aff_stats, no_context) - 24usize];
+    ["Offset of field: aff_stats::wrong_thread"][::core::mem::offset_of!(aff_stats, wrong_thread) - 32usize];
     ["Offset of field: aff_stats::busy"][::core::mem::offset_of!(aff_stats, busy) - 40usize];
-    ["Offset of field: aff_stats::switches"]
-        [::core::mem::offset_of!(aff_stats, switches) - 48usize];
+    ["Offset of field: aff_stats::switches"][::core::mem::offset_of!(aff_stats, switches) - 48usize];
 };
 #[doc = " Callback for aff_visit: return 0 to go on, non-zero to stop."]
 pub type aff_visit_cb = ::core::option::Option<
-    unsafe extern "C" fn(
-        user: *mut ::core::ffi::c_void,
-        index: u64,
-        value: u64,
-    ) -> ::core::ffi::c_int,
+    unsafe extern "C" fn(user: *mut ::core::ffi::c_void, index: u64, value: u64) -> ::core::ffi::c_int,
 >;
 unsafe extern "C" {
     #[doc = " Creates a context owned by the calling thread. Expensive: runs\n cfg->init_work rounds of set-up. Does not make it current.\n Any thread. Errors: AFF_E_INVALID_ARG (cfg or out NULL, seed 0,\n init_work above AFF_MAX_INIT_WORK), AFF_E_NOMEM. Nothing leaks on error."]
@@ -101,12 +92,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     #[doc = " n calls in one: out[i] = aff_op(in[i]). Stops at the first invalid input;\n *done (if not NULL) receives the number of calls that succeeded. Errors as\n aff_op, plus AFF_E_INVALID_ARG for NULL arrays with n > 0."]
-    pub fn aff_op_batch(
-        in_: *const u64,
-        out: *mut u64,
-        n: usize,
-        done: *mut usize,
-    ) -> ::core::ffi::c_int;
+    pub fn aff_op_batch(in_: *const u64, out: *mut u64, n: usize, done: *mut usize) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
     #[doc = " Reads the number of successful calls made on ctx so far (those of the\n current binding included). Explicit context: owner thread only.\n Errors: AFF_E_INVALID_ARG (NULL), AFF_E_WRONG_THREAD."]
@@ -114,11 +100,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     #[doc = " For i in 0..n: v = aff_op(i), then cb(user, i, v), on the calling thread.\n A non-zero return from cb stops the visit with AFF_E_CALLBACK.\n Errors: AFF_E_INVALID_ARG (cb NULL), AFF_E_NO_CONTEXT, AFF_E_CALLBACK."]
-    pub fn aff_visit(
-        n: u64,
-        cb: aff_visit_cb,
-        user: *mut ::core::ffi::c_void,
-    ) -> ::core::ffi::c_int;
+    pub fn aff_visit(n: u64, cb: aff_visit_cb, user: *mut ::core::ffi::c_void) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
     #[doc = " The calling thread's last error status (AFF_OK if none since clear)."]
