@@ -119,22 +119,49 @@ fn busy_when_current_on_another_thread() {
 fn no_context_and_wrong_thread_on_a_foreign_thread() {
     let c = ctx(4);
     let raw = c.as_ptr() as usize;
-    let (op_rc, info_rc, destroy_rc) = std::thread::spawn(move || {
+    let msg = || {
+        // SAFETY: this thread's own message buffer, never NULL.
+        unsafe { std::ffi::CStr::from_ptr(ffi::aff_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let (op, info, destroy) = std::thread::spawn(move || {
         let mut out = 0u64;
         // SAFETY: valid out pointer; no context is current on this thread.
-        let op = unsafe { ffi::aff_op(1, &mut out) };
+        let op = (unsafe { ffi::aff_op(1, &mut out) }, msg());
         let mut calls = 0u64;
         // SAFETY: the context is alive; this thread is not its owner.
-        let info = unsafe { ffi::aff_ctx_info(raw as *const ffi::aff_ctx, &mut calls) };
+        let info = (
+            unsafe { ffi::aff_ctx_info(raw as *const ffi::aff_ctx, &mut calls) },
+            msg(),
+        );
         // SAFETY: as above; destroy from a non-owner must be refused.
-        let destroy = unsafe { ffi::aff_ctx_destroy(raw as *mut ffi::aff_ctx) };
+        let destroy = (unsafe { ffi::aff_ctx_destroy(raw as *mut ffi::aff_ctx) }, msg());
         (op, info, destroy)
     })
     .join()
     .unwrap();
-    assert_eq!(op_rc, ffi::AFF_E_NO_CONTEXT);
-    assert_eq!(info_rc, ffi::AFF_E_WRONG_THREAD);
-    assert_eq!(destroy_rc, ffi::AFF_E_WRONG_THREAD);
+    assert_eq!(
+        op,
+        (
+            ffi::AFF_E_NO_CONTEXT,
+            "aff_op: no context is current on this thread".into()
+        )
+    );
+    assert_eq!(
+        info,
+        (
+            ffi::AFF_E_WRONG_THREAD,
+            "aff_ctx_info: called from a thread that does not own the context".into()
+        )
+    );
+    assert_eq!(
+        destroy,
+        (
+            ffi::AFF_E_WRONG_THREAD,
+            "aff_ctx_destroy: called from a thread that does not own the context".into()
+        )
+    );
     assert_eq!(c.calls().unwrap(), 0);
 }
 

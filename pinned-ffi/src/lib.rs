@@ -36,6 +36,7 @@ mod metrics;
 mod model;
 mod pool;
 mod slot;
+mod sync;
 pub mod threads;
 mod worker;
 

@@ -6,14 +6,14 @@
 //! system call. Only a caller that has spun out registers a waker (under a
 //! mutex) and parks, and only then does the owner pay a wake-up.
 
-use std::cell::UnsafeCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
-use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
+
+use crate::sync::{self, AtomicU8, Mutex, Thread, UnsafeCell};
 
 use crate::error::Error;
 use crate::worker::owner_of_current_thread;
@@ -84,7 +84,7 @@ impl<R> Slot<R> {
     pub(crate) fn complete(&self, outcome: Result<R, Error>) {
         // SAFETY: the waiter reads `result` only after seeing DONE, which is
         // set below, after this write; no one else writes it.
-        unsafe { *self.result.get() = Some(outcome) };
+        self.result.with_mut(|r| unsafe { *r = Some(outcome) });
         // ORDERING: Release publishes `result`; Acquire sees the WAITER bit
         // and the waker stored before it.
         let prev = self.state.fetch_or(DONE, Ordering::AcqRel);
@@ -110,7 +110,9 @@ impl<R> Slot<R> {
         // SAFETY: DONE was observed with Acquire, so the completing side has
         // finished writing and will not touch `result` again; the waiter is
         // the only reader (Ticket is not Clone, `run` waits once).
-        unsafe { (*self.result.get()).take() }.expect("slot completed without an outcome")
+        self.result
+            .with_mut(|r| unsafe { (*r).take() })
+            .expect("slot completed without an outcome")
     }
 
     /// Registers `waker` to be woken on completion. `true` if already done
@@ -136,7 +138,7 @@ impl<R> Slot<R> {
         if spin_until_done(|| self.is_done(), spin, deadline) {
             return true;
         }
-        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+        let waker = Waker::from(Arc::new(ThreadWaker(sync::current())));
         if self.register(&waker) {
             return true; // done before we registered: the completer never saw WAITER
         }
@@ -146,18 +148,18 @@ impl<R> Slot<R> {
                 // has let go of the slot (a few instructions).
                 // ORDERING: Acquire pairs with the Release of FINISHED.
                 while self.state.load(Ordering::Acquire) & FINISHED == 0 {
-                    std::hint::spin_loop();
+                    sync::spin_loop();
                 }
                 return true;
             }
             match deadline {
-                None => thread::park(),
+                None => sync::park(),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return false;
                     }
-                    thread::park_timeout(d - now);
+                    sync::park_timeout(d - now);
                 }
             }
         }
@@ -190,9 +192,9 @@ pub(crate) fn spin_until_done(done: impl Fn() -> bool, budget: Duration, deadlin
         }
         i = i.wrapping_add(1);
         if i < PURE_SPINS {
-            std::hint::spin_loop();
+            sync::spin_loop();
         } else {
-            thread::yield_now();
+            sync::yield_now();
         }
         // Reading the clock costs tens of ns: do it every 64 rounds.
         if i % 64 == 0 && Instant::now() >= until {
@@ -352,3 +354,84 @@ impl<R> Future for Ticket<R> {
 // A Ticket holds no R until it is taken, and never gives out references
 // into the slot, so moving it is fine.
 impl<R> Unpin for Ticket<R> {}
+
+/// Model checks of the slot's protocol under every interleaving loom finds.
+#[cfg(all(test, pinned_loom))]
+mod loom_tests {
+    use super::*;
+
+    fn slot() -> Arc<Slot<u64>> {
+        Arc::new(Slot::new(0))
+    }
+
+    #[test]
+    fn loom_a_parked_waiter_always_gets_the_result() {
+        loom::model(|| {
+            let s = slot();
+            let owner = {
+                let s = Arc::clone(&s);
+                loom::thread::spawn(move || {
+                    assert!(s.start());
+                    s.complete(Ok(7));
+                })
+            };
+            // No spinning: go straight to register-and-park, the racy path.
+            assert_eq!(s.wait(Duration::ZERO), Ok(7));
+            owner.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_cancel_and_start_exclude_each_other() {
+        loom::model(|| {
+            let s = slot();
+            let owner = {
+                let s = Arc::clone(&s);
+                loom::thread::spawn(move || {
+                    if s.start() {
+                        s.complete(Ok(1));
+                        true
+                    } else {
+                        false
+                    }
+                })
+            };
+            let cancelled = s.cancel();
+            let ran = owner.join().unwrap();
+            assert_ne!(cancelled, ran, "exactly one of cancel and start wins");
+            if ran {
+                assert!(s.is_done());
+                assert_eq!(s.take(), Ok(1));
+            }
+        });
+    }
+
+    #[test]
+    fn loom_a_slot_on_the_waiters_stack_is_released_before_wait_returns() {
+        // `run` keeps the slot on its stack: once `wait` returns, that
+        // memory is reused. Model the reuse by overwriting the state and
+        // the waker; if the completer still touched the slot afterwards (a
+        // late FINISHED, or taking the waker), the marks would be gone.
+        const REUSED: u8 = 0x40;
+        loom::model(|| {
+            let s = slot();
+            let owner = {
+                let s = Arc::clone(&s);
+                loom::thread::spawn(move || s.complete(Ok(3)))
+            };
+            assert_eq!(s.wait(Duration::ZERO), Ok(3));
+            s.state.store(REUSED, Ordering::Release);
+            *s.waker.lock().unwrap() = Some(Waker::noop().clone());
+            owner.join().unwrap();
+            assert_eq!(
+                s.state.load(Ordering::Acquire),
+                REUSED,
+                "completer wrote after wait returned"
+            );
+            assert!(
+                s.waker.lock().unwrap().is_some(),
+                "completer took the waker after wait returned"
+            );
+        });
+    }
+}

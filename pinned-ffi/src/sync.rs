@@ -1,0 +1,57 @@
+//! The synchronisation primitives the completion slot is built from: std's,
+//! or loom's when built with `--cfg pinned_loom` so the slot's protocol can
+//! be model-checked (`RUSTFLAGS="--cfg pinned_loom" cargo test -p pinned-ffi
+//! --lib --release loom`).
+
+#[cfg(pinned_loom)]
+pub(crate) use loom::{
+    hint::spin_loop,
+    sync::atomic::AtomicU8,
+    sync::Mutex,
+    thread::{current, park, yield_now, Thread},
+};
+#[cfg(not(pinned_loom))]
+pub(crate) use std::{
+    hint::spin_loop,
+    sync::atomic::AtomicU8,
+    sync::Mutex,
+    thread::{current, park, yield_now, Thread},
+};
+
+/// An `UnsafeCell` with loom's closure-based access, so loom can track
+/// every access to the slot's result.
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(
+    #[cfg(pinned_loom)] loom::cell::UnsafeCell<T>,
+    #[cfg(not(pinned_loom))] std::cell::UnsafeCell<T>,
+);
+
+impl<T> UnsafeCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        #[cfg(pinned_loom)]
+        return UnsafeCell(loom::cell::UnsafeCell::new(value));
+        #[cfg(not(pinned_loom))]
+        return UnsafeCell(std::cell::UnsafeCell::new(value));
+    }
+
+    /// Runs `f` with a raw pointer to the value. Dereferencing it is the
+    /// caller's `unsafe`, with the caller's proof of exclusive access.
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        #[cfg(pinned_loom)]
+        return self.0.with_mut(f);
+        #[cfg(not(pinned_loom))]
+        return f(self.0.get());
+    }
+}
+
+/// Parks with a time-out (loom has no clock: there it parks until woken,
+/// and callers never pass deadlines).
+pub(crate) fn park_timeout(d: std::time::Duration) {
+    #[cfg(pinned_loom)]
+    {
+        let _ = d;
+        park();
+    }
+    #[cfg(not(pinned_loom))]
+    std::thread::park_timeout(d);
+}
