@@ -37,6 +37,12 @@ impl Default for Config {
 
 impl Config {
     /// A default configuration with this seed.
+    ///
+    /// ```
+    /// let c = pinned_ffi::Config::with_seed(5);
+    /// assert_eq!((c.seed, c.init_work), (5, pinned_ffi::Config::default().init_work));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_seed(seed: u64) -> Self {
         Config {
             seed,
@@ -130,6 +136,14 @@ impl Context {
     /// # Errors
     /// `Busy` if it is current on another thread (only possible through
     /// [`as_ptr`](Self::as_ptr)).
+    ///
+    /// ```
+    /// let (mut a, mut b) = (pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?, pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(2))?);
+    /// b.make_current()?; // b was already current; a's calls re-bind a first
+    /// assert_eq!(a.op(1)?, pinned_ffi::Model::new(1).op(1).unwrap());
+    /// # let _ = b.op(1)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn make_current(&self) -> Result<(), AffError> {
         // SAFETY: self.raw is a live context owned by this thread (`Context`
         // is !Send), so binding it here is within the C contract.
@@ -159,6 +173,15 @@ impl Context {
     ///
     /// # Panics
     /// If `out` is shorter than `inputs`.
+    ///
+    /// ```
+    /// let mut ctx = pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?;
+    /// let mut out = [0; 3];
+    /// ctx.op_batch(&[1, 2, 3], &mut out)?;
+    /// let err = ctx.op_batch(&[4, u64::MAX], &mut out).unwrap_err();
+    /// assert_eq!(err.done, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn op_batch(&mut self, inputs: &[u64], out: &mut [u64]) -> Result<(), BatchError> {
         assert!(out.len() >= inputs.len(), "op_batch: out is shorter than inputs");
         self.make_current()
@@ -174,6 +197,13 @@ impl Context {
     ///
     /// # Errors
     /// None in practice: `Context` stays on its owner thread.
+    ///
+    /// ```
+    /// let mut ctx = pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?;
+    /// ctx.op(1)?;
+    /// assert_eq!(ctx.calls()?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn calls(&self) -> Result<u64, AffError> {
         let mut calls = 0u64;
         // SAFETY: live context, valid out pointer, called on the owner thread.
@@ -190,6 +220,16 @@ impl Context {
     ///
     /// # Errors
     /// `Callback` when `visit` stopped the visit.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// let mut ctx = pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?;
+    /// let mut seen = 0;
+    /// let r = ctx.visit(10, |i, _v| { seen += 1; if i == 4 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) } });
+    /// assert_eq!(r.unwrap_err().code, pinned_ffi::ErrorCode::Callback);
+    /// assert_eq!(seen, 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn visit<F>(&mut self, n: u64, visit: F) -> Result<(), AffError>
     where
         F: FnMut(u64, u64) -> ControlFlow<()>,
@@ -314,6 +354,14 @@ impl Stats {
     }
 
     /// Counter-wise difference `self - earlier`.
+    ///
+    /// ```
+    /// let before = pinned_ffi::Stats::now();
+    /// let mut ctx = pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?;
+    /// ctx.op(1)?;
+    /// assert!(pinned_ffi::Stats::now().since(&before).calls >= 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn since(&self, earlier: &Stats) -> Stats {
         Stats {
             created: self.created - earlier.created,

@@ -46,6 +46,12 @@ pub struct PoolBuilder {
 
 impl PoolBuilder {
     /// Thread names are `<name>-<index>` (default `pool`).
+    ///
+    /// ```
+    /// let pool = pinned_ffi::Pool::builder(2).name("gpu").spawn(|_| Ok::<_, std::io::Error>(()))?;
+    /// assert_eq!(pool.worker(1).name(), "gpu-1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -125,6 +131,12 @@ impl Pool<()> {
 
 impl<S: 'static> Pool<S> {
     /// Number of workers.
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// assert_eq!(pool.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.workers.len()
     }
@@ -138,16 +150,38 @@ impl<S: 'static> Pool<S> {
     ///
     /// # Panics
     /// If `index >= len()`.
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// assert_eq!(pool.worker(1).run(|i| *i)?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn worker(&self, index: usize) -> &PinnedWorker<S> {
         &self.workers[index]
     }
 
     /// All workers.
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// let indices: Vec<usize> = pool.workers().iter().map(|w| w.run(|i| *i)).collect::<Result<_, _>>()?;
+    /// assert_eq!(indices, [0, 1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn workers(&self) -> &[PinnedWorker<S>] {
         &self.workers
     }
 
     /// The worker `dispatch` picks now.
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// use pinned_ffi::Dispatch;
+    /// let a = pool.pick(Dispatch::RoundRobin).run(|i| *i)?;
+    /// let b = pool.pick(Dispatch::RoundRobin).run(|i| *i)?;
+    /// assert_ne!(a, b);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pick(&self, dispatch: Dispatch) -> &PinnedWorker<S> {
         match dispatch {
             Dispatch::RoundRobin => {
@@ -164,6 +198,13 @@ impl<S: 'static> Pool<S> {
     }
 
     /// The worker for `key`: the same key always gives the same worker.
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// let w = pool.for_key("tenant-7").name().to_owned();
+    /// assert_eq!(pool.for_key("tenant-7").name(), w); // sticky
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn for_key<K: Hash + ?Sized>(&self, key: &K) -> &PinnedWorker<S> {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
@@ -175,6 +216,13 @@ impl<S: 'static> Pool<S> {
     ///
     /// # Errors
     /// As [`PinnedWorker::run`].
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// let i = pool.run(|i| *i)?;
+    /// assert!(i < 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn run<'a, R, F>(&self, f: F) -> Result<R, Error>
     where
         F: FnOnce(&mut S) -> R + Send + 'a,
@@ -187,6 +235,13 @@ impl<S: 'static> Pool<S> {
     ///
     /// # Errors
     /// As [`PinnedWorker::run`].
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// let a = pool.run_keyed(&42u64, |i| *i)?;
+    /// assert_eq!(pool.run_keyed(&42u64, |i| *i)?, a);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn run_keyed<'a, K, R, F>(&self, key: &K, f: F) -> Result<R, Error>
     where
         K: Hash + ?Sized,
@@ -201,6 +256,13 @@ impl<S: 'static> Pool<S> {
     ///
     /// # Errors
     /// As [`PinnedWorker::submit`].
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// let t = pool.submit(|i| *i * 10)?;
+    /// assert!(t.wait()? <= 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn submit<R, F>(&self, f: F) -> Result<Ticket<R>, Error>
     where
         F: FnOnce(&mut S) -> R + Send + 'static,
@@ -211,6 +273,13 @@ impl<S: 'static> Pool<S> {
 
     /// Runs `f` on every worker, in parallel, and returns the results in
     /// worker order.
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// let all: Vec<usize> = pool.broadcast(|i| *i).into_iter().collect::<Result<_, _>>()?;
+    /// assert_eq!(all, [0, 1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn broadcast<R, F>(&self, f: F) -> Vec<Result<R, Error>>
     where
         F: Fn(&mut S) -> R + Send + Sync,
@@ -232,11 +301,25 @@ impl<S: 'static> Pool<S> {
     }
 
     /// Metrics of every worker, in order.
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// pool.broadcast(|_| ());
+    /// assert!(pool.metrics().iter().all(|m| m.completed == 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn metrics(&self) -> Vec<MetricsSnapshot> {
         self.workers.iter().map(PinnedWorker::metrics).collect()
     }
 
     /// Closes every worker (see [`PinnedWorker::close`]).
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// pool.close();
+    /// assert!(pool.workers().iter().all(|w| w.is_closed()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&self) {
         for w in &self.workers {
             w.close();
@@ -245,6 +328,12 @@ impl<S: 'static> Pool<S> {
 
     /// Closes every worker with a shared deadline; returns the number of
     /// accepted jobs that were shut down unrun.
+    ///
+    /// ```
+    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
+    /// assert_eq!(pool.close_timeout(std::time::Duration::from_secs(1)), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close_timeout(&self, timeout: Duration) -> u64 {
         let deadline = std::time::Instant::now() + timeout;
         self.workers

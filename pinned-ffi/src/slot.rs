@@ -254,6 +254,14 @@ impl<R> Ticket<R> {
     }
 
     /// Whether the outcome is ready (`wait` would not block).
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// let t = w.submit(|n| *n)?;
+    /// while !t.is_done() { std::thread::yield_now(); }
+    /// assert_eq!(t.wait()?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_done(&self) -> bool {
         self.slot.as_ref().is_some_and(|s| s.is_done())
     }
@@ -269,6 +277,12 @@ impl<R> Ticket<R> {
     /// [`Error::Reentrant`] when called from the owner thread of the worker
     /// that would run it (it could never finish; the job is cancelled if it
     /// had not started).
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// assert_eq!(w.submit(|n| *n + 2)?.wait()?, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait(mut self) -> Result<R, Error> {
         if !self.is_done() && self.on_own_owner() {
             self.slot().cancel();
@@ -304,6 +318,13 @@ impl<R> Ticket<R> {
     ///
     /// # Errors
     /// As [`wait_timeout`](Self::wait_timeout).
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    /// assert_eq!(w.submit(|n| *n)?.wait_deadline(deadline)?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait_deadline(mut self, deadline: Instant) -> Result<R, Error> {
         if !self.is_done() && self.on_own_owner() {
             self.slot().cancel();
@@ -321,6 +342,19 @@ impl<R> Ticket<R> {
     ///
     /// # Errors
     /// `Err(ticket)` when the job has not finished yet.
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// let mut t = w.submit(|n| *n + 1)?;
+    /// let value = loop {
+    ///     match t.try_get() {
+    ///         Ok(outcome) => break outcome?,
+    ///         Err(again) => t = again,
+    ///     }
+    /// };
+    /// assert_eq!(value, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_get(mut self) -> Result<Result<R, Error>, Ticket<R>> {
         if self.is_done() {
             Ok(self.slot.take().expect("checked above").take())

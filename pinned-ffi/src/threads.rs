@@ -5,6 +5,13 @@
 use std::io;
 
 /// The calling thread's kernel thread id (`gettid`); 0 where unsupported.
+///
+/// ```
+/// let here = pinned_ffi::threads::current_tid();
+/// let there = std::thread::spawn(pinned_ffi::threads::current_tid).join().unwrap();
+/// assert_ne!(here, there);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn current_tid() -> u64 {
     #[cfg(target_os = "linux")]
     {
@@ -23,6 +30,14 @@ pub fn current_tid() -> u64 {
 /// # Errors
 /// `InvalidInput` for an empty set or a CPU number beyond `CPU_SETSIZE`;
 /// the OS error if the kernel refuses the set; `Unsupported` off Linux.
+///
+/// ```
+/// std::thread::spawn(|| {
+///     pinned_ffi::threads::set_current_affinity(&[0]).unwrap();
+///     assert_eq!(pinned_ffi::threads::current_affinity().unwrap(), vec![0]);
+/// }).join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn set_current_affinity(cpus: &[usize]) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -62,6 +77,11 @@ pub fn set_current_affinity(cpus: &[usize]) -> io::Result<()> {
 ///
 /// # Errors
 /// The OS error; `Unsupported` off Linux.
+///
+/// ```
+/// assert!(!pinned_ffi::threads::current_affinity()?.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn current_affinity() -> io::Result<Vec<usize>> {
     #[cfg(target_os = "linux")]
     {
@@ -104,6 +124,12 @@ pub fn thread_count() -> Option<usize> {
 
 /// The names of the process's live threads (`/proc/self/task/*/comm`),
 /// sorted, or `None` off Linux.
+///
+/// ```
+/// let _w = pinned_ffi::PinnedWorker::builder().name("named-owner").spawn(|| Ok::<_, std::io::Error>(()))?;
+/// assert!(pinned_ffi::threads::thread_names().unwrap().contains(&"named-owner".to_string()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn thread_names() -> Option<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
         .ok()?

@@ -130,6 +130,12 @@ impl Builder {
         self
     }
     /// The owner thread's stack size in bytes.
+    ///
+    /// ```
+    /// let w = pinned_ffi::PinnedWorker::builder().stack_size(256 * 1024).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// w.run(|_| ())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = Some(bytes);
         self
@@ -147,11 +153,26 @@ impl Builder {
     }
     /// The circuit breaker (default: 5 panics in 10 s, 1 s cooldown);
     /// `None` disables it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pinned_ffi::{Breaker, PinnedWorker};
+    /// let b = Breaker { max_panics: 3, window: Duration::from_secs(1), cooldown: Duration::from_millis(100) };
+    /// let w = PinnedWorker::builder().breaker(Some(b)).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// # drop(w);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn breaker(mut self, breaker: Option<Breaker>) -> Self {
         self.breaker = breaker;
         self
     }
     /// Pins the owner thread to these CPUs (Linux `sched_setaffinity`).
+    ///
+    /// ```
+    /// let w = pinned_ffi::PinnedWorker::builder().cpus([0]).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// assert_eq!(w.run(|_| pinned_ffi::threads::current_affinity())??, vec![0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cpus(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
         self.cpus = Some(cpus.into_iter().collect());
         self
@@ -171,6 +192,13 @@ impl Builder {
     }
     /// Whether to time every job for the queue-wait and run-time histograms
     /// (default on; two clock reads per job).
+    ///
+    /// ```
+    /// let w = pinned_ffi::PinnedWorker::builder().timings(false).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// w.run(|_| ())?;
+    /// assert_eq!(w.metrics().run_time.count, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn timings(mut self, on: bool) -> Self {
         self.timings = on;
         self
@@ -1074,6 +1102,14 @@ impl<S: 'static> PinnedWorker<S> {
     /// [`Error::Closed`], [`Error::Stopped`], [`Error::Broken`] when
     /// refused; [`Error::Reentrant`] when called from the owner thread with
     /// the queue full.
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// let tickets: Vec<_> = (0..3).map(|i| w.submit(move |n| { *n += i; *n })).collect::<Result<_, _>>()?;
+    /// let last = tickets.into_iter().map(|t| t.wait()).last().unwrap()?;
+    /// assert_eq!(last, 0 + 1 + 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn submit<R, F>(&self, f: F) -> Result<Ticket<R>, Error>
     where
         F: FnOnce(&mut S) -> R + Send + 'static,
@@ -1122,6 +1158,14 @@ impl<S: 'static> PinnedWorker<S> {
     ///
     /// # Errors
     /// As [`try_submit`](Self::try_submit).
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// use std::time::Duration;
+    /// let t = w.submit_timeout(|n| *n + 1, Duration::from_millis(10)).map_err(|e| e.to_string())?;
+    /// assert_eq!(t.wait()?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn submit_timeout<R, F>(&self, f: F, timeout: Duration) -> Result<Ticket<R>, TrySubmitError<F>>
     where
         F: FnOnce(&mut S) -> R + Send + 'static,
@@ -1194,6 +1238,15 @@ impl<S: 'static> PinnedWorker<S> {
     ///
     /// # Errors
     /// As [`run`](Self::run).
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// let ok = w.try_bind(|_| "42".parse::<u32>())?;
+    /// assert!(ok.is_ok());
+    /// let bad = w.try_bind(|_| "x".parse::<u32>())?;
+    /// assert!(bad.is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_bind<T, E, F>(&self, make: F) -> Result<Result<Bound<T>, E>, Error>
     where
         T: 'static,
@@ -1223,6 +1276,14 @@ impl<S: 'static> PinnedWorker<S> {
     /// [`Error::StaleHandle`] if the handle belongs to another worker or its
     /// value was dropped by a re-initialisation; otherwise as
     /// [`run`](Self::run).
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// let counter = w.bind(|_| std::cell::Cell::new(0u32))?; // Cell: !Sync, lives on the owner
+    /// for _ in 0..3 { w.with(&counter, |_, c| c.set(c.get() + 1))?; }
+    /// assert_eq!(w.with(&counter, |_, c| c.get())?, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with<T, R, F>(&self, bound: &Bound<T>, f: F) -> Result<R, Error>
     where
         T: 'static,
@@ -1245,6 +1306,15 @@ impl<S: 'static> PinnedWorker<S> {
     /// Stops intake, runs every job already accepted, drops the state on the
     /// owner thread and joins it. Idempotent; later calls return at once.
     /// Called by `Drop`.
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// let t = w.submit(|n| *n + 1)?;
+    /// w.close(); // runs the queued job first
+    /// assert_eq!(t.wait()?, 1);
+    /// assert_eq!(w.run(|n| *n), Err(pinned_ffi::Error::Closed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close(&self) {
         self.close_inner(None);
     }
@@ -1257,6 +1327,14 @@ impl<S: 'static> PinnedWorker<S> {
     /// # Panics
     /// If called from this worker's own owner thread (it would wait on
     /// itself).
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// use std::time::Duration;
+    /// let shut_down = w.close_timeout(Duration::from_secs(1));
+    /// assert_eq!(shut_down, 0); // nothing was queued
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn close_timeout(&self, timeout: Duration) -> u64 {
         let before = self.shared.counters.rejected.load(Ordering::Relaxed);
         self.close_inner(Some(Instant::now() + timeout));
@@ -1272,27 +1350,61 @@ impl<S: 'static> PinnedWorker<S> {
     }
 
     /// The owner thread's name.
+    ///
+    /// ```
+    /// let w = pinned_ffi::PinnedWorker::builder().name("hsm-0").spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// assert_eq!(w.name(), "hsm-0");
+    /// assert_eq!(w.run(|_| std::thread::current().name().map(String::from))?.as_deref(), Some("hsm-0"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
     /// Whether the worker takes no more jobs (closed or stopped).
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// assert!(!w.is_closed());
+    /// w.close();
+    /// assert!(w.is_closed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Jobs waiting in the queue now.
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// assert_eq!(w.queue_len(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn queue_len(&self) -> usize {
         self.tx.len()
     }
 
     /// The Linux thread id (`gettid`) of the current owner thread; it
     /// changes when the state is re-initialised on a fresh thread.
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// assert_eq!(w.owner_tid(), w.run(|_| pinned_ffi::threads::current_tid())?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn owner_tid(&self) -> u64 {
         self.shared.owner_tid.load(Ordering::Relaxed)
     }
 
     /// A snapshot of the worker's counters and latency histograms.
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
+    /// w.run(|n| *n)?;
+    /// assert_eq!(w.metrics().completed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn metrics(&self) -> MetricsSnapshot {
         let s = &self.shared;
         MetricsSnapshot::read(&s.name, &s.counters, self.tx.len(), &s.queue_wait, &s.run_time)
