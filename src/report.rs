@@ -41,6 +41,23 @@ pub struct Report {
     pub scenarios: Vec<Outcome>,
     /// The cost table.
     pub rows: Vec<Row>,
+    /// CPU an idle worker's owner thread used, in percent of one core
+    /// (`None` where per-thread CPU time cannot be read).
+    pub idle_cpu_percent: Option<f64>,
+}
+
+/// Measures an idle worker: after one job and its spin window, how much of
+/// a core does the parked owner use over `window`?
+pub fn idle_cpu_percent(window: std::time::Duration) -> Option<f64> {
+    use pinned_ffi::{threads, PinnedWorker};
+    let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(())).ok()?;
+    w.run(|_| ()).ok()?;
+    std::thread::sleep(std::time::Duration::from_millis(50)); // past the owner's spin window
+    let tid = w.owner_tid();
+    let before = threads::thread_cpu_time(tid)?;
+    std::thread::sleep(window);
+    let used = threads::thread_cpu_time(tid)? - before;
+    Some(used.as_secs_f64() / window.as_secs_f64() * 100.0)
 }
 
 /// What machine the figures come from.
@@ -161,10 +178,16 @@ pub fn run(mode: Mode, mut progress: impl FnMut(&str)) -> Report {
             }
         })
         .collect();
+    progress("idle worker CPU");
+    let window = match mode {
+        Mode::Quick => std::time::Duration::from_millis(200),
+        Mode::Full => std::time::Duration::from_secs(1),
+    };
     Report {
         machine: Machine::detect(),
         scenarios,
         rows,
+        idle_cpu_percent: idle_cpu_percent(window),
     }
 }
 
@@ -219,6 +242,20 @@ impl Report {
                 wrong
             );
         }
+        match self.idle_cpu_percent {
+            Some(p) => {
+                let _ = writeln!(
+                    s,
+                    "\nIdle worker (parked after its spin window): {p:.3}% of one core"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "\nIdle worker CPU: not measurable here (no /proc/self/task/*/schedstat)"
+                );
+            }
+        }
         s
     }
 
@@ -263,7 +300,10 @@ impl Report {
                 wrong
             );
         }
-        s.push_str("]}\n");
+        let idle = self
+            .idle_cpu_percent
+            .map_or("null".to_owned(), |p| format!("{p:.4}"));
+        let _ = writeln!(s, "], \"idle_worker_cpu_percent\": {idle}}}");
         s
     }
 

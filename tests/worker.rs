@@ -468,3 +468,36 @@ fn owner_threads_are_named_and_pinned_to_cpus() {
         .spawn(|| Ok::<_, Never>(()));
     assert!(matches!(bad, Err(SpawnError::Os(_))));
 }
+
+#[test]
+fn an_idle_worker_costs_no_cpu_and_the_measure_sees_a_busy_one() {
+    let w = PinnedWorker::spawn(|| Ok::<_, Never>(())).unwrap();
+    w.run(|_| ()).unwrap();
+    thread::sleep(Duration::from_millis(50)); // past the owner's spin window
+    let tid = w.owner_tid();
+    let Some(t0) = threads::thread_cpu_time(tid) else {
+        eprintln!("SKIPPED: no per-thread CPU time on this platform");
+        return;
+    };
+    thread::sleep(Duration::from_millis(300));
+    let idle = threads::thread_cpu_time(tid).unwrap() - t0;
+    assert!(
+        idle < Duration::from_millis(3),
+        "idle owner used {idle:?} in 300 ms"
+    );
+
+    // The same measure on a busy owner reads most of the window.
+    let t1 = threads::thread_cpu_time(tid).unwrap();
+    w.run(|_| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(200) {
+            std::hint::spin_loop();
+        }
+    })
+    .unwrap();
+    let busy = threads::thread_cpu_time(tid).unwrap() - t1;
+    assert!(
+        busy > Duration::from_millis(100),
+        "busy owner measured at {busy:?}"
+    );
+}

@@ -140,3 +140,19 @@ pub fn thread_names() -> Option<Vec<String>> {
     names.sort();
     Some(names)
 }
+
+/// CPU time the thread `tid` of this process has used so far
+/// (`/proc/self/task/<tid>/schedstat`, nanosecond resolution), or `None`
+/// where that file does not exist.
+///
+/// ```
+/// let tid = pinned_ffi::threads::current_tid();
+/// if let Some(t) = pinned_ffi::threads::thread_cpu_time(tid) {
+///     assert!(t > std::time::Duration::ZERO);
+/// }
+/// ```
+pub fn thread_cpu_time(tid: u64) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(ns))
+}
