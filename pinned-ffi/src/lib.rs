@@ -38,6 +38,7 @@ mod pool;
 mod slot;
 mod sync;
 pub mod threads;
+mod watch;
 mod worker;
 
 pub use context::{BatchError, Config, Context, Stats, MAX_INPUT};
@@ -46,7 +47,8 @@ pub use metrics::{MetricsSnapshot, Summary};
 pub use model::{mix64, Model};
 pub use pool::{Dispatch, Pool, PoolBuilder};
 pub use slot::Ticket;
-pub use worker::{Bound, Breaker, Builder, PanicPolicy, PinnedWorker};
+pub use watch::{Alarm, ThreadWatch, WatchConfig};
+pub use worker::{owners_started, Bound, Breaker, Builder, PanicPolicy, PinnedWorker};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -29,6 +29,15 @@ use crate::metrics::{Counters, Histogram, MetricsSnapshot, Padded};
 use crate::slot::{spin_until_done, Slot, Ticket};
 
 static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
+static OWNERS_STARTED: AtomicU64 = AtomicU64::new(0);
+
+/// Owner threads started by this process so far (spawns and re-inits).
+/// A rate far above the number of pools means something creates owners
+/// per request; [`ThreadWatch`](crate::ThreadWatch) watches it.
+pub fn owners_started() -> u64 {
+    // ORDERING: a statistic.
+    OWNERS_STARTED.load(Ordering::Relaxed)
+}
 
 thread_local! {
     /// The id of the worker whose owner thread this is (0: none).
@@ -339,6 +348,8 @@ impl Shared {
     /// Runs first on every owner thread: marks it, applies the CPU set.
     fn enter_owner_thread(&self) -> std::io::Result<()> {
         OWNER_OF.with(|o| o.set(self.id));
+        // ORDERING: a statistic.
+        OWNERS_STARTED.fetch_add(1, Ordering::Relaxed);
         // ORDERING: informational.
         self.owner_tid
             .store(crate::threads::current_tid(), Ordering::Relaxed);
