@@ -34,6 +34,7 @@ mod context;
 mod error;
 mod metrics;
 mod model;
+pub mod placement;
 mod pool;
 mod slot;
 mod sync;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Error, SpawnError};
 use crate::metrics::MetricsSnapshot;
+use crate::placement::{Placement, Topology};
 use crate::slot::Ticket;
 use crate::worker::{Builder, PinnedWorker};
 
@@ -42,6 +43,7 @@ pub struct PoolBuilder {
     name: String,
     dispatch: Dispatch,
     worker: Builder,
+    placement: Placement,
 }
 
 impl PoolBuilder {
@@ -67,6 +69,22 @@ impl PoolBuilder {
         self
     }
 
+    /// Where the owners run (default [`Placement::Anywhere`]); the NUMA
+    /// layout is read from sysfs when the pool starts.
+    ///
+    /// ```
+    /// use pinned_ffi::{placement::Placement, Pool};
+    /// # if pinned_ffi::placement::Topology::read().is_err() { return Ok(()); }
+    /// let pool = Pool::builder(2).placement(Placement::Pack).spawn(|_| Ok::<_, std::io::Error>(()))?;
+    /// let cpus = pool.broadcast(|_| pinned_ffi::threads::current_affinity().unwrap());
+    /// assert!(cpus.iter().all(|c| c.as_ref().unwrap().len() == 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
     /// Starts the workers, calling `init(index)` on each one's owner thread
     /// (and again on a fresh thread when one re-initialises). If any init
     /// fails, the workers already started are closed and the error returned.
@@ -79,16 +97,19 @@ impl PoolBuilder {
         E: std::fmt::Display + Send + 'static,
         F: Fn(usize) -> Result<S, E> + Send + Sync + 'static,
     {
+        let plan = match self.placement {
+            Placement::Anywhere => vec![None; self.size],
+            ref p => p.plan(&Topology::read()?, self.size)?,
+        };
         let init = Arc::new(init);
         let mut workers = Vec::with_capacity(self.size);
-        for i in 0..self.size {
+        for (i, cpus) in plan.into_iter().enumerate() {
             let init = Arc::clone(&init);
-            let w = self
-                .worker
-                .clone()
-                .name(format!("{}-{i}", self.name))
-                .spawn(move || init(i))?;
-            workers.push(w);
+            let mut b = self.worker.clone().name(format!("{}-{i}", self.name));
+            if let Some(cpus) = cpus {
+                b = b.cpus(cpus);
+            }
+            workers.push(b.spawn(move || init(i))?);
         }
         Ok(Pool {
             workers,
@@ -125,6 +146,7 @@ impl Pool<()> {
             name: "pool".into(),
             dispatch: Dispatch::default(),
             worker: Builder::default(),
+            placement: Placement::default(),
         }
     }
 }
