@@ -41,9 +41,66 @@ pub struct Report {
     pub scenarios: Vec<Outcome>,
     /// The cost table.
     pub rows: Vec<Row>,
+    /// Queue wait of one worker as callers and idle owners grow.
+    pub queue_latency: Vec<LatencyRow>,
     /// CPU an idle worker's owner thread used, in percent of one core
     /// (`None` where per-thread CPU time cannot be read).
     pub idle_cpu_percent: Option<f64>,
+}
+
+/// One line of the queue-latency table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyRow {
+    /// Threads calling the one worker.
+    pub callers: usize,
+    /// Extra owners started and left idle (parked) meanwhile.
+    pub idle_owners: usize,
+    /// Queue wait: median.
+    pub p50: std::time::Duration,
+    /// Queue wait: 99th percentile.
+    pub p99: std::time::Duration,
+    /// Jobs sampled for the histogram.
+    pub samples: u64,
+}
+
+/// Queue wait (submission to start) of one worker as callers grow, and as
+/// idle owners are added beyond the core count: how much a busy single
+/// owner makes callers wait, and whether parked owners cost anything.
+pub fn queue_latency(calls_per_caller: u64) -> Vec<LatencyRow> {
+    use pinned_ffi::{Config, Context, PinnedWorker};
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rows = Vec::new();
+    let cases = [1, 4, 16, 64]
+        .map(|c| (c, 0))
+        .into_iter()
+        .chain([(4, cores * 2), (4, cores * 8)]);
+    for (callers, idle_owners) in cases {
+        let idle: Vec<_> = (0..idle_owners)
+            .map(|_| PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(())).expect("idle owner"))
+            .collect();
+        let w = PinnedWorker::spawn(|| Context::new(&Config::with_seed(1))).expect("worker");
+        std::thread::scope(|s| {
+            for c in 0..callers as u64 {
+                let w = &w;
+                s.spawn(move || {
+                    for i in 0..calls_per_caller / callers as u64 {
+                        w.run(|ctx| ctx.op(crate::scenarios::input(c, i)).expect("op"))
+                            .expect("run");
+                    }
+                });
+            }
+        });
+        let m = w.metrics();
+        rows.push(LatencyRow {
+            callers,
+            idle_owners,
+            p50: m.queue_wait.p50,
+            p99: m.queue_wait.p99,
+            samples: m.queue_wait.count,
+        });
+        drop(idle);
+    }
+    rows
 }
 
 /// Measures an idle worker: after one job and its spin window, how much of
@@ -178,6 +235,11 @@ pub fn run(mode: Mode, mut progress: impl FnMut(&str)) -> Report {
             }
         })
         .collect();
+    progress("queue latency under pressure");
+    let queue_latency = queue_latency(match mode {
+        Mode::Quick => 8_000,
+        Mode::Full => 64_000,
+    });
     progress("idle worker CPU");
     let window = match mode {
         Mode::Quick => std::time::Duration::from_millis(200),
@@ -187,6 +249,7 @@ pub fn run(mode: Mode, mut progress: impl FnMut(&str)) -> Report {
         machine: Machine::detect(),
         scenarios,
         rows,
+        queue_latency,
         idle_cpu_percent: idle_cpu_percent(window),
     }
 }
@@ -240,6 +303,26 @@ impl Report {
                 r.contexts_created,
                 r.os_threads,
                 wrong
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nQueue wait of one worker (submission to start; sampled 1 job in 8)"
+        );
+        let _ = writeln!(
+            s,
+            "{:>8} {:>12} {:>12} {:>12} {:>9}",
+            "callers", "idle owners", "p50", "p99", "samples"
+        );
+        for r in &self.queue_latency {
+            let _ = writeln!(
+                s,
+                "{:>8} {:>12} {:>12} {:>12} {:>9}",
+                r.callers,
+                r.idle_owners,
+                fmt_ns(r.p50.as_nanos() as f64),
+                fmt_ns(r.p99.as_nanos() as f64),
+                r.samples
             );
         }
         match self.idle_cpu_percent {
@@ -298,6 +381,19 @@ impl Report {
                 r.contexts_created,
                 r.os_threads,
                 wrong
+            );
+        }
+        s.push_str("], \"queue_latency\": [");
+        for (i, r) in self.queue_latency.iter().enumerate() {
+            let _ = write!(
+                s,
+                "{}{{\"callers\": {}, \"idle_owners\": {}, \"p50_ns\": {}, \"p99_ns\": {}, \"samples\": {}}}",
+                if i > 0 { ", " } else { "" },
+                r.callers,
+                r.idle_owners,
+                r.p50.as_nanos(),
+                r.p99.as_nanos(),
+                r.samples
             );
         }
         let idle = self

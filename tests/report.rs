@@ -1,0 +1,73 @@
+//! The report's pieces: queue-latency rows, and the JSON and SVG renderings
+//! of a report (shapes a reader or a script relies on).
+
+use pinned_ffi_demo::report::{queue_latency, Machine, Report, Row};
+use pinned_ffi_demo::scenarios::Outcome;
+
+#[test]
+fn queue_latency_has_a_row_per_case_with_samples() {
+    let rows = queue_latency(2_000);
+    assert_eq!(
+        rows.iter().map(|r| r.callers).collect::<Vec<_>>(),
+        vec![1, 4, 16, 64, 4, 4]
+    );
+    assert!(rows[4].idle_owners > 0 && rows[5].idle_owners > rows[4].idle_owners);
+    for r in &rows {
+        assert!(r.samples > 0, "{r:?}");
+        assert!(r.p50 <= r.p99, "{r:?}");
+    }
+}
+
+#[test]
+fn json_and_svg_carry_every_row() {
+    let report = Report {
+        machine: Machine {
+            cpu: "Test \"CPU\"".into(),
+            cpus: 2,
+            kernel: "6.0".into(),
+        },
+        scenarios: vec![Outcome {
+            name: "raw".into(),
+            calls: 10,
+            wrong: 9,
+            lost_errors: 1,
+            failed_calls: 2,
+            contexts: 4,
+        }],
+        rows: vec![
+            Row {
+                name: "direct".into(),
+                ns_per_call: 10.0,
+                ratio_to_direct: 1.0,
+                contexts_created: 1,
+                os_threads: 0,
+                wrong_results: Some(0),
+            },
+            Row {
+                name: "a <b> & c".into(),
+                ns_per_call: 1e6,
+                ratio_to_direct: 1e5,
+                contexts_created: 100,
+                os_threads: 100,
+                wrong_results: None,
+            },
+        ],
+        queue_latency: vec![],
+        idle_cpu_percent: Some(0.01),
+    };
+    let json = report.json();
+    for needle in [
+        r#""machine": {"cpu": "Test \"CPU\"", "cpus": 2"#,
+        r#""strategies": [{"name": "direct", "ns_per_call": 10.00, "ratio_to_direct": 1.000, "contexts_created": 1, "os_threads": 0, "wrong_results": 0}"#,
+        r#""wrong_results": null}"#,
+        r#""idle_worker_cpu_percent": 0.0100}"#,
+    ] {
+        assert!(json.contains(needle), "{needle} not in {json}");
+    }
+    let svg = report.svg();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("a &lt;b&gt; &amp; c"), "names are escaped");
+    assert_eq!(svg.matches("<rect x=").count(), 2, "one bar per strategy");
+    let table = report.table();
+    assert!(table.contains("raw") && table.contains("1.00 ms"), "{table}");
+}
