@@ -32,6 +32,7 @@
 
 mod context;
 mod error;
+mod mailbox;
 mod metrics;
 mod model;
 pub mod placement;

@@ -177,14 +177,13 @@ impl<R> Slot<R> {
 /// yielding the core so an oversubscribed machine still runs the owner).
 pub(crate) fn spin_until_done(done: impl Fn() -> bool, budget: Duration, deadline: Option<Instant>) -> bool {
     const PURE_SPINS: u32 = 256;
+    const CLOCK_EVERY: u32 = 64;
     if budget.is_zero() {
         return done();
     }
-    let start = Instant::now();
-    let mut until = start + budget;
-    if let Some(d) = deadline {
-        until = until.min(d);
-    }
+    // The clock is read only once spinning has gone on for a while: a hot
+    // hand-off completes within the first rounds and never pays for it.
+    let mut until: Option<Instant> = None;
     let mut i: u32 = 0;
     loop {
         if done() {
@@ -196,9 +195,15 @@ pub(crate) fn spin_until_done(done: impl Fn() -> bool, budget: Duration, deadlin
         } else {
             sync::yield_now();
         }
-        // Reading the clock costs tens of ns: do it every 64 rounds.
-        if i % 64 == 0 && Instant::now() >= until {
-            return done();
+        if i % CLOCK_EVERY == 0 {
+            let now = Instant::now();
+            let end = *until.get_or_insert_with(|| {
+                let end = now + budget;
+                deadline.map_or(end, |d| end.min(d))
+            });
+            if now >= end {
+                return done();
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The synchronisation primitives the completion slot is built from: std's,
+//! The synchronisation primitives the completion slot and the mailboxes
+//! are built from: std's,
 //! or loom's when built with `--cfg pinned_loom` so the slot's protocol can
 //! be model-checked (`RUSTFLAGS="--cfg pinned_loom" cargo test -p pinned-ffi
 //! --lib --release loom`).
@@ -6,14 +7,14 @@
 #[cfg(pinned_loom)]
 pub(crate) use loom::{
     hint::spin_loop,
-    sync::atomic::AtomicU8,
+    sync::atomic::{AtomicU64, AtomicU8},
     sync::Mutex,
     thread::{current, park, yield_now, Thread},
 };
 #[cfg(not(pinned_loom))]
 pub(crate) use std::{
     hint::spin_loop,
-    sync::atomic::AtomicU8,
+    sync::atomic::{AtomicU64, AtomicU8},
     sync::Mutex,
     thread::{current, park, yield_now, Thread},
 };

@@ -22,9 +22,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{self as channel, Receiver, Select, Sender, TryRecvError};
+use crossbeam_channel::{self as channel, Receiver, Sender, TryRecvError};
 
 use crate::error::{panic_message, Error, SpawnError, TrySubmitError};
+use crate::mailbox::{Mailboxes, Scanner};
 use crate::metrics::{Counters, Histogram, MetricsSnapshot, Padded};
 use crate::slot::{spin_until_done, Slot, Ticket};
 
@@ -231,6 +232,8 @@ impl Builder {
         let name = self.name.clone().unwrap_or_else(|| format!("pinned-{id}"));
         let (tx, rx) = channel::bounded(self.capacity);
         let (release_tx, release_rx) = channel::unbounded();
+        let mailboxes = Mailboxes::new();
+        let owner_mailboxes = Arc::clone(&mailboxes);
         let shared = Arc::new(Shared {
             id,
             name,
@@ -251,6 +254,8 @@ impl Builder {
             exit_cv: Condvar::new(),
             next_bound: AtomicU64::new(1),
             owner_tid: AtomicU64::new(0),
+            sleeping: Padded(AtomicBool::new(false)),
+            owner_thread: Mutex::new(None),
         });
 
         let (ready_tx, ready_rx) = channel::bounded::<Result<(), SpawnError<E>>>(1);
@@ -279,6 +284,7 @@ impl Builder {
                 shared,
                 rx,
                 releases: release_rx,
+                mailboxes: Scanner::new(owner_mailboxes),
                 init: Box::new(move || init().map_err(|e| e.to_string())),
                 panics: VecDeque::new(),
             };
@@ -296,6 +302,7 @@ impl Builder {
                     shared,
                     tx,
                     releases: release_tx,
+                    mailboxes,
                     _state: PhantomData,
                 })
             }
@@ -334,6 +341,9 @@ struct Shared {
     exit_cv: Condvar,
     next_bound: AtomicU64,
     owner_tid: AtomicU64,
+    /// Set by an owner about to park; producers that see it unpark it.
+    sleeping: Padded<AtomicBool>,
+    owner_thread: Mutex<Option<thread::Thread>>,
 }
 
 impl Shared {
@@ -353,9 +363,24 @@ impl Shared {
         // ORDERING: informational.
         self.owner_tid
             .store(crate::threads::current_tid(), Ordering::Relaxed);
+        *self.owner_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
         match &self.config.cpus {
             Some(cpus) => crate::threads::set_current_affinity(cpus),
             None => Ok(()),
+        }
+    }
+
+    /// Called by every producer after it published work (a queued message,
+    /// a mailbox post, a release): wakes the owner if it is parking.
+    fn wake_owner(&self) {
+        // ORDERING: the SeqCst fence pairs with the owner's fence between
+        // setting `sleeping` and its last look for work: either the owner
+        // sees our work, or we see it sleeping and unpark it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            if let Some(t) = &*self.owner_thread.lock().unwrap_or_else(|e| e.into_inner()) {
+                t.unpark();
+            }
         }
     }
 
@@ -587,17 +612,28 @@ struct CacheAligned<T>(T);
 /// A job on its caller's stack (from `run`), sent by pointer: no allocation.
 /// The caller waits until the job is completed, so the pointer stays valid
 /// while this exists; dropping it unrun rejects the job.
-struct BorrowedJob<S>(NonNull<dyn Job<S>>);
+struct BorrowedJob<S>(JobPtr<S>);
+
+/// The pointer itself, as it travels through a mailbox.
+struct JobPtr<S>(NonNull<dyn Job<S>>);
+
+impl<S> Clone for JobPtr<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for JobPtr<S> {}
 
 // SAFETY: the pointee is a `Job<S>`, which is Send; the pointer is only
-// dereferenced by whoever holds this message, one thread at a time.
-unsafe impl<S> Send for BorrowedJob<S> {}
+// dereferenced by whoever holds the job (see BorrowedJob), one thread at a
+// time.
+unsafe impl<S> Send for JobPtr<S> {}
 
 impl<S> BorrowedJob<S> {
     fn job(&self) -> &dyn Job<S> {
         // SAFETY: the caller keeps the job alive until it is completed, and
         // completion happens only through this message (run/reject/drop).
-        unsafe { self.0.as_ref() }
+        unsafe { self.0 .0.as_ref() }
     }
 
     fn run(self, owner: &mut OwnerState<S>) -> RunOutcome {
@@ -666,14 +702,16 @@ struct Core<S> {
     shared: Arc<Shared>,
     rx: Receiver<Msg<S>>,
     releases: Receiver<u64>,
+    mailboxes: Scanner<JobPtr<S>>,
     init: Box<dyn FnMut() -> Result<S, String> + Send>,
     panics: VecDeque<Instant>,
 }
 
-impl<S> Core<S> {
-    /// The next message: a busy queue is read without blocking; an empty one
-    /// is watched by spinning for `owner_spin`, then by parking.
-    fn next(&self) -> Event<S> {
+impl<S: 'static> Core<S> {
+    /// The next message: queued messages, then releases, then mailbox
+    /// posts are taken without blocking; when there are none the owner
+    /// spins for `owner_spin`, then parks until a producer wakes it.
+    fn next(&mut self) -> Event<S> {
         loop {
             match self.rx.try_recv() {
                 Ok(m) => return Event::Msg(m),
@@ -683,36 +721,28 @@ impl<S> Core<S> {
             if let Ok(id) = self.releases.try_recv() {
                 return Event::Release(id);
             }
-            if spin_until_done(
-                || !self.rx.is_empty() || !self.releases.is_empty(),
-                self.shared.config.owner_spin,
-                None,
-            ) {
+            if let Some(job) = self.mailboxes.take() {
+                return Event::Msg(Msg::Borrowed(BorrowedJob(job)));
+            }
+            let idle = |c: &Self| c.rx.is_empty() && c.releases.is_empty() && !c.mailboxes.pending();
+            if spin_until_done(|| !idle(self), self.shared.config.owner_spin, None) {
                 continue;
             }
-            let mut sel = Select::new();
-            let jobs = sel.recv(&self.rx);
-            let releases = sel.recv(&self.releases);
-            let op = sel.select();
-            return match op.index() {
-                i if i == jobs => match op.recv(&self.rx) {
-                    Ok(m) => Event::Msg(m),
-                    Err(_) => Event::Disconnected,
-                },
-                i => {
-                    debug_assert_eq!(i, releases);
-                    match op.recv(&self.releases) {
-                        Ok(id) => Event::Release(id),
-                        // Cannot happen while the worker's handle lives;
-                        // go back to the job queue alone.
-                        Err(_) => match self.rx.recv() {
-                            Ok(m) => Event::Msg(m),
-                            Err(_) => Event::Disconnected,
-                        },
-                    }
-                }
-            };
+            // ORDERING: Relaxed flag + SeqCst fence, paired with the fence
+            // in `Shared::wake_owner`: a producer that published after our
+            // last look below sees `sleeping` and unparks us.
+            self.shared.sleeping.store(true, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if idle(self) {
+                thread::park();
+            }
+            self.shared.sleeping.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// Takes a job posted to a mailbox, if any.
+    fn posted(&mut self) -> Option<Msg<S>> {
+        self.mailboxes.take().map(|job| Msg::Borrowed(BorrowedJob(job)))
     }
 
     /// Records a panic; `true` if it trips the breaker.
@@ -754,11 +784,21 @@ impl<S> Core<S> {
 fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, mut pending: Option<Msg<S>>) {
     let shared = Arc::clone(&core.shared);
     let c = &shared.counters;
+    let mut stopping = false;
     loop {
         let job = match pending.take() {
             Some(job) => job,
+            // Stop: everything queued before it has run; run what was posted
+            // to mailboxes too (posted before close sent Stop), then exit.
+            None if stopping => match core.posted() {
+                Some(job) => job,
+                None => break,
+            },
             None => match core.next() {
-                Event::Msg(Msg::Stop) | Event::Disconnected => break,
+                Event::Msg(Msg::Stop) | Event::Disconnected => {
+                    stopping = true;
+                    continue;
+                }
                 Event::Msg(job) => job,
                 Event::Release(id) => {
                     if let Some(o) = owner.as_mut() {
@@ -788,7 +828,8 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
                 drop(owner.take());
                 match respawn(core, Some(job)) {
                     Ok(()) => return,
-                    Err((c2, job)) => {
+                    Err(back) => {
+                        let (c2, job) = *back;
                         core = c2;
                         pending = Some(job);
                         continue;
@@ -829,7 +870,7 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
                         drop(owner.take());
                         match respawn(core, None) {
                             Ok(()) => return,
-                            Err((c2, _)) => core = c2,
+                            Err(back) => core = back.0,
                         }
                     }
                     PanicPolicy::Stop => {
@@ -841,28 +882,44 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
         }
     }
     // Stop: every job accepted before it has run. Drop the state here, on
-    // its owner thread; jobs that still arrive (none, unless the owner
-    // stopped itself) get an outcome when the channel is torn down.
+    // its owner thread, then make sure nothing is left without an outcome.
     drop(owner);
-    drain_rejecting(&core, Error::Stopped);
+    drain_rejecting(&mut core, Error::Stopped);
     drop(core);
     shared.mark_exited();
 }
 
-/// Rejects whatever is left in the queue (only after Stop or a Stop policy).
-fn drain_rejecting<S>(core: &Core<S>, error: Error) {
-    while let Ok(msg) = core.rx.try_recv() {
-        if !matches!(msg, Msg::Stop) {
-            Counters::bump(&core.shared.counters.rejected);
-            msg.reject(error.clone());
+/// Refuses further intake and gives every job still queued or posted an
+/// outcome. Producers already past the intake check are waited for (a
+/// blocked sender is unblocked by the draining), so none can post after the
+/// last look.
+fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
+    let shared = Arc::clone(&core.shared);
+    // ORDERING: see `PinnedWorker::enter`.
+    shared.closed.store(true, Ordering::SeqCst);
+    loop {
+        let idle = shared.inflight.load(Ordering::SeqCst) == 0;
+        while let Ok(msg) = core.rx.try_recv() {
+            if !matches!(msg, Msg::Stop) {
+                Counters::bump(&shared.counters.rejected);
+                msg.reject(error.clone());
+            }
         }
+        while let Some(job) = core.posted() {
+            Counters::bump(&shared.counters.rejected);
+            job.reject(error.clone());
+        }
+        if idle {
+            break;
+        }
+        thread::yield_now();
     }
 }
 
 /// Starts a fresh owner thread that re-runs `init` and carries on the loop.
 /// On failure to create the thread, gives everything back.
 #[allow(clippy::type_complexity)]
-fn respawn<S: 'static>(core: Core<S>, pending: Option<Msg<S>>) -> Result<(), (Core<S>, Msg<S>)> {
+fn respawn<S: 'static>(core: Core<S>, pending: Option<Msg<S>>) -> Result<(), Box<(Core<S>, Msg<S>)>> {
     let shared = Arc::clone(&core.shared);
     let cooldown = core.cooldown();
     // The job and core move into the new thread; keep a way back if the
@@ -913,7 +970,7 @@ fn respawn<S: 'static>(core: Core<S>, pending: Option<Msg<S>>) -> Result<(), (Co
                 .expect("thread never started");
             shared.trip(format!("cannot start a fresh owner thread: {e}"), cooldown);
             match pending {
-                Some(job) => Err((core, job)),
+                Some(job) => Err(Box::new((core, job))),
                 None => {
                     // Nothing pending: continue on this thread without state.
                     owner_loop(core, None, None);
@@ -921,6 +978,16 @@ fn respawn<S: 'static>(core: Core<S>, pending: Option<Msg<S>>) -> Result<(), (Co
                 }
             }
         }
+    }
+}
+
+/// A producer in flight (see `PinnedWorker::enter`).
+struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // ORDERING: see `PinnedWorker::enter`.
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -954,6 +1021,7 @@ pub struct PinnedWorker<S> {
     shared: Arc<Shared>,
     tx: Sender<Msg<S>>,
     releases: Sender<u64>,
+    mailboxes: Arc<Mailboxes<JobPtr<S>>>,
     _state: PhantomData<fn() -> S>,
 }
 
@@ -986,45 +1054,73 @@ impl<S: 'static> PinnedWorker<S> {
         Builder::default().spawn(init)
     }
 
+    /// Admits one producer: counts it in flight and checks that the worker
+    /// takes work. The guard ends the flight when dropped.
+    fn enter(&self) -> Result<InFlight<'_>, Error> {
+        // ORDERING: SeqCst on `inflight` and `closed`, here and in `close`,
+        // so either close sees this producer in flight and waits for it, or
+        // this sees `closed`: no job slips in after the owner's last look.
+        self.shared.inflight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(&self.shared);
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(self.shared.refusal());
+        }
+        if let Some(reason) = self.shared.broken_now() {
+            return Err(Error::Broken(reason));
+        }
+        Ok(guard)
+    }
+
     fn enqueue(&self, msg: Msg<S>, wait: Wait) -> Result<(), (Msg<S>, Refused)> {
         let own_thread = owner_of_current_thread() == Some(self.shared.id);
         // A job queued from its own owner thread must not wait for room: the
         // owner is the one that would make it.
         let wait = if own_thread { Wait::No } else { wait };
-        // ORDERING: SeqCst on `inflight` and `closed`, here and in `close`,
-        // so either close sees this enqueue in flight and waits for it, or
-        // this sees `closed`: no job slips in after the owner's last receive.
-        self.shared.inflight.fetch_add(1, Ordering::SeqCst);
-        let result = if self.shared.closed.load(Ordering::SeqCst) {
-            Err((msg, Refused::Err(self.shared.refusal())))
-        } else if let Some(reason) = self.shared.broken_now() {
-            Err((msg, Refused::Err(Error::Broken(reason))))
-        } else {
-            let sent = match wait {
-                Wait::Block => self.tx.send(msg).map_err(|e| (e.0, true)),
-                Wait::No => self.tx.try_send(msg).map_err(|e| match e {
-                    channel::TrySendError::Full(m) => (m, false),
-                    channel::TrySendError::Disconnected(m) => (m, true),
-                }),
-                Wait::Until(d) => self.tx.send_deadline(msg, d).map_err(|e| match e {
-                    channel::SendTimeoutError::Timeout(m) => (m, false),
-                    channel::SendTimeoutError::Disconnected(m) => (m, true),
-                }),
-            };
-            sent.map_err(|(m, gone)| {
+        let _flight = match self.enter() {
+            Ok(g) => g,
+            Err(e) => return Err((msg, Refused::Err(e))),
+        };
+        let sent = match wait {
+            Wait::Block => self.tx.send(msg).map_err(|e| (e.0, true)),
+            Wait::No => self.tx.try_send(msg).map_err(|e| match e {
+                channel::TrySendError::Full(m) => (m, false),
+                channel::TrySendError::Disconnected(m) => (m, true),
+            }),
+            Wait::Until(d) => self.tx.send_deadline(msg, d).map_err(|e| match e {
+                channel::SendTimeoutError::Timeout(m) => (m, false),
+                channel::SendTimeoutError::Disconnected(m) => (m, true),
+            }),
+        };
+        match sent {
+            Ok(()) => {
+                Counters::bump(&self.shared.counters.submitted);
+                self.shared.wake_owner();
+                Ok(())
+            }
+            Err((m, gone)) => {
                 let why = match (gone, own_thread) {
                     (true, _) => Refused::Err(self.shared.refusal()),
                     (false, true) => Refused::Err(Error::Reentrant),
                     (false, false) => Refused::Full,
                 };
-                (m, why)
-            })
-        };
-        self.shared.inflight.fetch_sub(1, Ordering::SeqCst);
-        if result.is_ok() {
-            Counters::bump(&self.shared.counters.submitted);
+                Err((m, why))
+            }
         }
-        result
+    }
+
+    /// The fast lane for a blocking caller: posts the job in this thread's
+    /// mailbox for this worker. `Ok(false)`: not posted (use the queue).
+    fn post(&self, job: JobPtr<S>) -> Result<bool, Error> {
+        let _flight = self.enter()?;
+        // SAFETY: this thread's previous job on this worker has completed
+        // (`run` waits for completion before it returns), so the owner has
+        // taken it; the key is this worker's, whose mailboxes hold JobPtr<S>.
+        let posted = unsafe { self.mailboxes.post(self.shared.id, job) };
+        if posted {
+            Counters::bump(&self.shared.counters.submitted);
+            self.shared.wake_owner();
+        }
+        Ok(posted)
     }
 
     /// When to stamp a job for the latency histograms: every
@@ -1085,7 +1181,10 @@ impl<S: 'static> PinnedWorker<S> {
         // job lives on this stack frame and may borrow the caller's stack
         // for 'a, so the owner must be done with it before we return; it is:
         // - if enqueue refuses, the message comes back and its drop rejects
-        //   the job right here;
+        //   the job right here; if `post` refuses, nothing was posted;
+        // - a job posted to our mailbox is taken by the owner, or, if the
+        //   owner exits first, rejected by its exit path (which waits for
+        //   every producer in flight, then empties the mailboxes);
         // - otherwise we wait below until the slot is complete, which the
         //   owner (or the channel's teardown, via BorrowedJob's drop) does
         //   as its last touch of the job, after the closure was consumed
@@ -1095,13 +1194,19 @@ impl<S: 'static> PinnedWorker<S> {
         //   can unwind.
         // This is std::thread::scope's argument: the borrow ends before the
         // scope does.
-        let ptr: NonNull<dyn Job<S> + 'static> = unsafe { std::mem::transmute(ptr) };
-        if let Err((msg, why)) = self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
-            drop(msg);
-            return Err(match why {
-                Refused::Err(e) => e,
-                Refused::Full => Error::Reentrant,
-            });
+        let ptr =
+            JobPtr::<S>(unsafe { std::mem::transmute::<NonNull<dyn Job<S> + 'a>, NonNull<dyn Job<S>>>(ptr) });
+        // The mailbox when nothing is queued (so this job cannot overtake
+        // one this thread queued before); the queue otherwise.
+        let posted = self.tx.is_empty() && self.post(ptr)?;
+        if !posted {
+            if let Err((msg, why)) = self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
+                drop(msg);
+                return Err(match why {
+                    Refused::Err(e) => e,
+                    Refused::Full => Error::Reentrant,
+                });
+            }
         }
         job.0.slot.wait(self.shared.config.spin)
     }
@@ -1277,6 +1382,7 @@ impl<S: 'static> PinnedWorker<S> {
             id,
             worker: self.shared.id,
             releases: self.releases.clone(),
+            shared: Arc::clone(&self.shared),
             _value: PhantomData,
         }))
     }
@@ -1458,6 +1564,7 @@ fn close_shared<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Option<Instan
             channel::SendTimeoutError::Disconnected(m) => Err(channel::SendError(m)),
         }),
     };
+    shared.wake_owner();
     if !shared.wait_exited(deadline) {
         abort();
         shared.wait_exited(None);
@@ -1480,6 +1587,7 @@ pub struct Bound<T> {
     id: u64,
     worker: u64,
     releases: Sender<u64>,
+    shared: Arc<Shared>,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -1496,6 +1604,8 @@ impl<T> Drop for Bound<T> {
     fn drop(&mut self) {
         // Unbounded: never blocks, never full. If the worker is gone its
         // values were already destroyed on its owner thread.
-        let _ = self.releases.send(self.id);
+        if self.releases.send(self.id).is_ok() {
+            self.shared.wake_owner();
+        }
     }
 }
