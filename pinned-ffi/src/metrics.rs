@@ -115,12 +115,13 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
-/// The worker's live counters: `submitted` is written by callers, the rest
-/// by the owner, on separate cache lines.
+/// The worker's live counters, all written by the owner thread alone (so
+/// callers never contend on them).
 #[derive(Default)]
-#[repr(C, align(128))]
+#[repr(align(128))]
 pub(crate) struct Counters {
-    pub(crate) submitted: Padded<AtomicU64>,
+    /// Jobs the owner has taken (from the queue or a mailbox).
+    pub(crate) submitted: AtomicU64,
     pub(crate) completed: AtomicU64,
     pub(crate) panicked: AtomicU64,
     pub(crate) rejected: AtomicU64,
@@ -150,7 +151,8 @@ impl Counters {
 pub struct MetricsSnapshot {
     /// The worker's thread name.
     pub name: String,
-    /// Jobs accepted into the queue.
+    /// Jobs accepted: taken by the owner so far plus those queued now (a
+    /// blocking caller's job is counted once the owner picks it up).
     pub submitted: u64,
     /// Jobs that ran and returned.
     pub completed: u64,
@@ -185,7 +187,7 @@ impl MetricsSnapshot {
         let (panicked, rejected) = (get(&c.panicked), get(&c.rejected));
         MetricsSnapshot {
             name: name.to_owned(),
-            submitted: get(&c.submitted),
+            submitted: get(&c.submitted) + queue_depth as u64,
             completed: get(&c.completed),
             failed: panicked + rejected,
             panicked,

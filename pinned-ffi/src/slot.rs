@@ -27,13 +27,16 @@ const WAITER: u8 = 8;
 /// go away.
 const FINISHED: u8 = 16;
 
-/// Where one job's outcome lands.
+/// Where one job's outcome lands. `repr(C)`: the state and the result,
+/// touched on every hand-off, come first; the waker, needed only by a
+/// parked waiter, last.
+#[repr(C)]
 pub(crate) struct Slot<R> {
     state: AtomicU8,
     result: UnsafeCell<Option<Result<R, Error>>>,
-    waker: Mutex<Option<Waker>>,
     /// The worker that runs the job, for re-entrancy checks.
     worker: u64,
+    waker: Mutex<Option<Waker>>,
 }
 
 // SAFETY: `result` is written only by the completing side before it sets

@@ -523,11 +523,14 @@ impl<R> SlotHolder<R> for Slot<R> {
     }
 }
 
+/// `repr(C)` keeps what both sides touch on every job (the slot's state and
+/// result, the closure) first, on the first cache line.
+#[repr(C)]
 struct JobImpl<S, F, R, P: SlotHolder<R>> {
+    slot: P,
     /// Taken exactly once, by whichever side runs, rejects or drops the job.
     f: UnsafeCell<Option<F>>,
     call: fn(F, &mut OwnerState<S>) -> R,
-    slot: P,
     enqueued: Option<Instant>,
 }
 
@@ -791,7 +794,10 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
             // Stop: everything queued before it has run; run what was posted
             // to mailboxes too (posted before close sent Stop), then exit.
             None if stopping => match core.posted() {
-                Some(job) => job,
+                Some(job) => {
+                    Counters::bump(&c.submitted);
+                    job
+                }
                 None => break,
             },
             None => match core.next() {
@@ -799,7 +805,12 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
                     stopping = true;
                     continue;
                 }
-                Event::Msg(job) => job,
+                Event::Msg(job) => {
+                    // Counted here, by the owner, rather than by every
+                    // caller on a shared line.
+                    Counters::bump(&c.submitted);
+                    job
+                }
                 Event::Release(id) => {
                     if let Some(o) = owner.as_mut() {
                         o.bound.remove(&id);
@@ -1093,7 +1104,6 @@ impl<S: 'static> PinnedWorker<S> {
         };
         match sent {
             Ok(()) => {
-                Counters::bump(&self.shared.counters.submitted);
                 self.shared.wake_owner();
                 Ok(())
             }
@@ -1117,7 +1127,6 @@ impl<S: 'static> PinnedWorker<S> {
         // taken it; the key is this worker's, whose mailboxes hold JobPtr<S>.
         let posted = unsafe { self.mailboxes.post(self.shared.id, job) };
         if posted {
-            Counters::bump(&self.shared.counters.submitted);
             self.shared.wake_owner();
         }
         Ok(posted)
