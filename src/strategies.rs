@@ -148,12 +148,28 @@ fn direct(calls: u64) -> Timed {
     (t.elapsed(), wrong(&outs, &ins), 0)
 }
 
+/// How long each strategy runs untimed first. A new thread starts on its
+/// parent's CPU and the kernel spreads spinning threads over the cores
+/// only after tens of milliseconds (~20 ms here); before that, two spinners
+/// share a core
+/// and every hand-off waits for a time slice. The figures are steady-state
+/// costs, so every strategy gets the same warm-up.
+const WARM_UP: Duration = Duration::from_millis(25);
+
+fn warm_up(mut f: impl FnMut()) {
+    let t = Instant::now();
+    while t.elapsed() < WARM_UP {
+        f();
+    }
+}
+
 fn spawn_ctx_worker() -> PinnedWorker<Context> {
     PinnedWorker::spawn(|| Context::new(&Config::with_seed(SEED))).expect("worker")
 }
 
 fn pinned(calls: u64) -> Timed {
     let w = spawn_ctx_worker();
+    warm_up(|| drop(w.run(|ctx| ctx.calls())));
     let ins = inputs(calls);
     let mut outs = vec![0u64; ins.len()];
     let t = Instant::now();
@@ -165,6 +181,7 @@ fn pinned(calls: u64) -> Timed {
 
 fn pinned_batch(calls: u64, k: usize) -> Timed {
     let w = spawn_ctx_worker();
+    warm_up(|| drop(w.run(|ctx| ctx.calls())));
     let ins = inputs(calls);
     let mut outs = vec![0u64; ins.len()];
     let t = Instant::now();
@@ -181,7 +198,7 @@ fn pool(calls: u64, workers: usize, callers: usize) -> Timed {
     let per = calls / callers as u64;
     let elapsed = callers_in_parallel(
         callers,
-        |_| (),
+        |_| warm_up(|| drop(pool.run(|ctx| ctx.calls()))),
         |c, ()| {
             for i in 0..per {
                 pool.run(|ctx| ctx.op(input(c, i))).expect("run").expect("op");
@@ -233,6 +250,10 @@ fn async_submit(calls: u64) -> Timed {
         async move {
             tokio::spawn(async move {
                 let mut outs = Vec::with_capacity(ins.len());
+                let t = Instant::now();
+                while t.elapsed() < WARM_UP {
+                    let _ = w.submit(|ctx| ctx.calls()).expect("submit").await;
+                }
                 let t = Instant::now();
                 for &i in ins.iter() {
                     outs.push(
@@ -369,7 +390,9 @@ fn crossbeam(calls: u64, callers: usize) -> Timed {
     let owner = thread::spawn(move || {
         let mut ctx = Context::new(&Config::with_seed(SEED)).expect("context");
         for (i, reply) in rx {
-            let _ = reply.send(ctx.op(i).expect("op"));
+            // u64::MAX: a warm-up ping that leaves the context alone.
+            let out = if i == u64::MAX { 0 } else { ctx.op(i).expect("op") };
+            let _ = reply.send(out);
         }
     });
     let per = calls / callers as u64;
@@ -377,7 +400,14 @@ fn crossbeam(calls: u64, callers: usize) -> Timed {
     let outs = Mutex::new(Vec::new());
     let elapsed = callers_in_parallel(
         callers,
-        |_| crossbeam_channel::bounded(1),
+        |_| {
+            let (rtx, rrx) = crossbeam_channel::bounded(1);
+            warm_up(|| {
+                tx.send((u64::MAX, rtx.clone())).expect("owner");
+                rrx.recv().expect("reply");
+            });
+            (rtx, rrx)
+        },
         |_, (rtx, rrx)| {
             let mut mine = Vec::with_capacity(ins.len());
             for &i in &ins {
@@ -398,10 +428,12 @@ fn crossbeam(calls: u64, callers: usize) -> Timed {
 }
 
 fn spin_ping_pong(calls: u64) -> Timed {
+    // The same warm-up as the others, as a number of untimed round trips.
+    let warm = 200_000;
     let flag = Arc::new(AtomicU64::new(0));
     let other = Arc::clone(&flag);
     let peer = thread::spawn(move || {
-        for k in 0..calls {
+        for k in 0..warm + calls {
             // ORDERING: Acquire/Release make each side see the other's turn;
             // the value itself is the message.
             while other.load(Ordering::Acquire) != 2 * k + 1 {
@@ -410,14 +442,16 @@ fn spin_ping_pong(calls: u64) -> Timed {
             other.store(2 * k + 2, Ordering::Release);
         }
     });
-    let t = Instant::now();
-    for k in 0..calls {
+    let round_trip = |k: u64| {
         // ORDERING: as above.
         flag.store(2 * k + 1, Ordering::Release);
         while flag.load(Ordering::Acquire) != 2 * k + 2 {
             std::hint::spin_loop();
         }
-    }
+    };
+    (0..warm).for_each(round_trip);
+    let t = Instant::now();
+    (warm..warm + calls).for_each(round_trip);
     let elapsed = t.elapsed();
     peer.join().expect("peer");
     (elapsed, None, 1)
