@@ -54,9 +54,11 @@ impl<P: Copy> Mailbox<P> {
     unsafe fn put(&self, item: P) {
         // SAFETY: exclusive by the caller's contract.
         self.item.with_mut(|i| unsafe { *i = Some(item) });
-        // ORDERING: Release publishes `item` to the owner's Acquire.
-        let seq = self.seq.load(Ordering::Relaxed);
-        self.seq.store(seq + 1, Ordering::Release);
+        // ORDERING: the RMW's Release side publishes `item` to the owner's
+        // Acquire; being SeqCst it also orders this post before the
+        // poster's SeqCst look at the owner's `sleeping` flag (see
+        // `Shared::wake_owner_after_post`), so no separate fence is needed.
+        self.seq.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Owner: the item posted after `seen`, if any, and the new `seen`.

@@ -130,9 +130,13 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Adds one. Only the owner thread writes counters (one owner thread at
+    /// a time: a re-init's fresh thread starts after the old one's last
+    /// write), so a plain load and store does, without a locked
+    /// read-modify-write on the hand-off path.
     pub(crate) fn bump(counter: &AtomicU64) {
-        // ORDERING: statistics only.
-        counter.fetch_add(1, Ordering::Relaxed);
+        // ORDERING: statistics only; single writer (see above).
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 }
 

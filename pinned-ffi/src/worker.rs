@@ -384,6 +384,19 @@ impl Shared {
         }
     }
 
+    /// `wake_owner` for a mailbox post, whose SeqCst RMW already orders it
+    /// before this SeqCst load (C++20 fence rules: the owner's SeqCst fence
+    /// sits between its `sleeping` store and its last look), so the fence
+    /// is not needed.
+    fn wake_owner_after_post(&self) {
+        // ORDERING: see above.
+        if self.sleeping.load(Ordering::SeqCst) {
+            if let Some(t) = &*self.owner_thread.lock().unwrap_or_else(|e| e.into_inner()) {
+                t.unpark();
+            }
+        }
+    }
+
     fn nanos_now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -1127,7 +1140,7 @@ impl<S: 'static> PinnedWorker<S> {
         // taken it; the key is this worker's, whose mailboxes hold JobPtr<S>.
         let posted = unsafe { self.mailboxes.post(self.shared.id, job) };
         if posted {
-            self.shared.wake_owner();
+            self.shared.wake_owner_after_post();
         }
         Ok(posted)
     }
