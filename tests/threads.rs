@@ -28,6 +28,16 @@ fn pools_and_workers_cost_exactly_their_owner_threads() {
             .unwrap(),
     );
     assert_eq!(threads::thread_count(), Some(baseline + n));
+    let mut tids = pool.owner_tids();
+    tids.sort_unstable();
+    tids.dedup();
+    assert_eq!(tids.len(), n, "the pool reports its {n} owner threads");
+    for t in &tids {
+        assert!(
+            std::path::Path::new(&format!("/proc/self/task/{t}")).exists(),
+            "owner {t} is a live thread"
+        );
+    }
     let names = threads::thread_names().unwrap();
     for i in 0..n {
         assert!(names.contains(&format!("acct-{i}")), "{names:?}");

@@ -32,6 +32,7 @@
 
 mod context;
 mod error;
+mod labels;
 mod mailbox;
 mod metrics;
 mod model;
@@ -45,6 +46,7 @@ mod worker;
 
 pub use context::{BatchError, Config, Context, Stats, MAX_INPUT};
 pub use error::{AffError, Error, ErrorCode, SpawnError, TrySubmitError};
+pub use labels::with_label;
 pub use metrics::{MetricsSnapshot, Summary};
 pub use model::{mix64, Model};
 pub use pool::{Dispatch, Pool, PoolBuilder};

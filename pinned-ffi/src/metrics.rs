@@ -226,6 +226,47 @@ impl fmt::Display for MetricsSnapshot {
     }
 }
 
+/// Export through the `metrics` facade, so any exporter (Prometheus,
+/// StatsD, ...) sees the workers without this crate writing one.
+#[cfg(feature = "metrics")]
+impl MetricsSnapshot {
+    /// Publishes this snapshot to the installed `metrics` recorder, every
+    /// series labelled `worker=<name>`: the job counters as absolute
+    /// counters (`pinned_ffi_jobs_<kind>_total`), the queue depth as a
+    /// gauge, and the queue-wait and run-time p50/p99/max as gauges in
+    /// seconds with a `quantile` label. Call it on a timer.
+    ///
+    /// ```
+    /// let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// w.run(|_| ())?;
+    /// w.metrics().export(); // a no-op until a recorder is installed
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn export(&self) {
+        let w = self.name.clone();
+        for (name, value) in [
+            ("pinned_ffi_jobs_submitted_total", self.submitted),
+            ("pinned_ffi_jobs_completed_total", self.completed),
+            ("pinned_ffi_jobs_failed_total", self.failed),
+            ("pinned_ffi_jobs_panicked_total", self.panicked),
+            ("pinned_ffi_jobs_rejected_total", self.rejected),
+            ("pinned_ffi_jobs_cancelled_total", self.cancelled),
+            ("pinned_ffi_reinits_total", self.reinits),
+        ] {
+            metrics::counter!(name, "worker" => w.clone()).absolute(value);
+        }
+        metrics::gauge!("pinned_ffi_queue_depth", "worker" => w.clone()).set(self.queue_depth as f64);
+        for (name, s) in [
+            ("pinned_ffi_queue_wait_seconds", &self.queue_wait),
+            ("pinned_ffi_run_seconds", &self.run_time),
+        ] {
+            for (q, v) in [("0.5", s.p50), ("0.99", s.p99), ("1", s.max)] {
+                metrics::gauge!(name, "worker" => w.clone(), "quantile" => q).set(v.as_secs_f64());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

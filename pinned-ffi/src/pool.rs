@@ -105,7 +105,7 @@ impl PoolBuilder {
         let mut workers = Vec::with_capacity(self.size);
         for (i, cpus) in plan.into_iter().enumerate() {
             let init = Arc::clone(&init);
-            let mut b = self.worker.clone().name(format!("{}-{i}", self.name));
+            let mut b = self.worker.clone().in_pool(&self.name, i);
             if let Some(cpus) = cpus {
                 b = b.cpus(cpus);
             }
@@ -320,6 +320,20 @@ impl<S: 'static> Pool<S> {
             );
             out
         })
+    }
+
+    /// The kernel thread ids of the pool's owner threads, in worker order:
+    /// the OS threads this pool owns (one per worker, whatever the callers).
+    ///
+    /// ```
+    /// let pool = pinned_ffi::Pool::builder(3).spawn(|_| Ok::<_, std::io::Error>(()))?;
+    /// let tids = pool.owner_tids();
+    /// assert_eq!(tids.len(), 3);
+    /// assert!(tids.iter().all(|t| std::path::Path::new(&format!("/proc/self/task/{t}")).exists()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn owner_tids(&self) -> Vec<u64> {
+        self.workers.iter().map(PinnedWorker::owner_tid).collect()
     }
 
     /// Metrics of every worker, in order.

@@ -84,6 +84,14 @@ pub struct ThreadWatch {
     handle: Option<JoinHandle<()>>,
 }
 
+/// Hands an alarm to the callback, and with the `tracing` feature logs it
+/// as a warning too.
+fn raise(on_alarm: &mut impl FnMut(&Alarm), alarm: &Alarm) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(?alarm, "pinned-ffi: possible accidental pinning");
+    on_alarm(alarm);
+}
+
 fn name_counts() -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for n in threads::thread_names().unwrap_or_default() {
@@ -133,7 +141,7 @@ impl ThreadWatch {
                         (owners - last_owners) as f64 / at.duration_since(last_at).as_secs_f64().max(1e-9);
                     (last_owners, last_at) = (owners, at);
                     if rate > config.max_owner_starts_per_sec {
-                        on_alarm(&Alarm::OwnerChurn { per_second: rate });
+                        raise(&mut on_alarm, &Alarm::OwnerChurn { per_second: rate });
                     }
 
                     let Some((base, base_names)) = &baseline else {
@@ -161,12 +169,15 @@ impl ThreadWatch {
                             })
                             .collect();
                         new_threads.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                        on_alarm(&Alarm::ThreadGrowth {
-                            baseline: *base,
-                            now: count,
-                            sustained: at.duration_since(since),
-                            new_threads,
-                        });
+                        raise(
+                            &mut on_alarm,
+                            &Alarm::ThreadGrowth {
+                                baseline: *base,
+                                now: count,
+                                sustained: at.duration_since(since),
+                                new_threads,
+                            },
+                        );
                     }
                 }
             })?;

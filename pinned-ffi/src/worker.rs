@@ -114,6 +114,8 @@ pub struct Builder {
     spin: Duration,
     owner_spin: Duration,
     timings: bool,
+    /// Set by `PoolBuilder`: the pool's name and this worker's index.
+    pool: Option<(String, usize)>,
 }
 
 impl Default for Builder {
@@ -128,6 +130,7 @@ impl Default for Builder {
             spin: Duration::from_micros(50),
             owner_spin: Duration::from_micros(50),
             timings: true,
+            pool: None,
         }
     }
 }
@@ -212,6 +215,13 @@ impl Builder {
     pub fn timings(mut self, on: bool) -> Self {
         self.timings = on;
         self
+    }
+
+    /// Marks the worker as `index` of the pool `name` (thread name and
+    /// tracing fields).
+    pub(crate) fn in_pool(mut self, name: &str, index: usize) -> Self {
+        self.pool = Some((name.to_owned(), index));
+        self.name(format!("{name}-{index}"))
     }
 
     /// Starts the owner thread and runs `init` on it. Returns once `init`
@@ -510,6 +520,8 @@ trait Job<S>: Send {
     /// Completes it with `error` without running it.
     fn reject(&self, error: Error);
     fn enqueued(&self) -> Option<Instant>;
+    #[cfg(feature = "tracing")]
+    fn label(&self) -> Option<&str>;
 }
 
 /// Where a job's slot lives: shared (`Arc`, for tickets) or inline (for
@@ -545,6 +557,9 @@ struct JobImpl<S, F, R, P: SlotHolder<R>> {
     f: UnsafeCell<Option<F>>,
     call: fn(F, &mut OwnerState<S>) -> R,
     enqueued: Option<Instant>,
+    /// The submitting thread's label (see `with_label`).
+    #[cfg(feature = "tracing")]
+    label: Option<Arc<str>>,
 }
 
 // SAFETY: `f` is only accessed by the side that holds the job (the owner
@@ -559,6 +574,8 @@ impl<S, F, R, P: SlotHolder<R>> JobImpl<S, F, R, P> {
             call,
             slot,
             enqueued,
+            #[cfg(feature = "tracing")]
+            label: crate::labels::current(),
         }
     }
 
@@ -606,6 +623,11 @@ impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P
 
     fn enqueued(&self) -> Option<Instant> {
         self.enqueued
+    }
+
+    #[cfg(feature = "tracing")]
+    fn label(&self) -> Option<&str> {
+        self.label.as_deref()
     }
 }
 
@@ -703,6 +725,21 @@ impl<S> Msg<S> {
             Msg::Borrowed(job) => job.job().enqueued(),
             Msg::Stop => None,
         }
+    }
+
+    /// The span a job runs in: pool, worker index, caller label.
+    #[cfg(feature = "tracing")]
+    fn span(&self, shared: &Shared) -> tracing::Span {
+        let label = match self {
+            Msg::Job(job) => job.label(),
+            Msg::Borrowed(job) => job.job().label(),
+            Msg::Stop => None,
+        };
+        let (pool, index) = match &shared.config.pool {
+            Some((name, index)) => (name.as_str(), *index as i64),
+            None => ("", -1),
+        };
+        tracing::info_span!("pinned_ffi::job", worker = %shared.name, pool, index, label = label.unwrap_or(""))
     }
 }
 
@@ -875,6 +912,8 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
         if let (Some(s), Some(q)) = (start, job.enqueued()) {
             shared.queue_wait.record(s.saturating_duration_since(q));
         }
+        #[cfg(feature = "tracing")]
+        let _span = job.span(&shared).entered();
         match job.run(o) {
             RunOutcome::Done => {
                 Counters::bump(&c.completed);
