@@ -26,6 +26,27 @@ pub struct Outcome {
     pub contexts: u64,
 }
 
+impl Outcome {
+    /// The outcome of one caller's sequence on a context seeded with 1,
+    /// with the contexts created since `before`.
+    fn of_sequence(
+        name: String,
+        inputs: &[u64],
+        observed: &[Result<u64, i32>],
+        lost: u64,
+        before: &Stats,
+    ) -> Self {
+        Outcome {
+            name,
+            calls: inputs.len() as u64,
+            wrong: score(1, inputs, observed),
+            lost_errors: lost,
+            failed_calls: observed.iter().filter(|o| o.is_err()).count() as u64,
+            contexts: Stats::now().since(before).created,
+        }
+    }
+}
+
 /// Contexts the raw async scenario strands on runtime threads (kept
 /// reachable: the point is the corruption, not a leak).
 static STRANDED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
@@ -47,7 +68,9 @@ pub fn input(caller: u64, i: u64) -> u64 {
     pinned_ffi::mix64(caller.wrapping_mul(1_000_003).wrapping_add(i)) & MAX_INPUT
 }
 
-fn raw_op(input: u64) -> Result<u64, i32> {
+/// One raw `aff_op` on whatever context is current on the calling thread:
+/// the value, or the C status.
+pub fn raw_op(input: u64) -> Result<u64, i32> {
     let mut out = 0u64;
     // SAFETY: `out` is valid; aff_op uses whatever context is current on
     // this thread, which is exactly the hazard being shown.
@@ -179,15 +202,13 @@ pub fn raw_thread_pool(threads: usize, calls: u64) -> Outcome {
         observed.push(r);
     }
     drop(pool);
-    let failed = observed.iter().filter(|o| o.is_err()).count() as u64;
-    Outcome {
-        name: format!("raw: {threads}-thread pool, a context per pool thread"),
-        calls,
-        wrong: score(1, &inputs, &observed),
-        lost_errors: lost,
-        failed_calls: failed,
-        contexts: Stats::now().since(&before).created,
-    }
+    Outcome::of_sequence(
+        format!("raw: {threads}-thread pool, a context per pool thread"),
+        &inputs,
+        &observed,
+        lost,
+        &before,
+    )
 }
 
 /// Raw: tokio tasks on a multi-thread runtime; each task creates its
@@ -263,15 +284,13 @@ pub fn pinned_thread_pool(threads: usize, calls: u64) -> Outcome {
     }
     drop(pool);
     drop(Arc::try_unwrap(worker).expect("sole owner"));
-    let failed = observed.iter().filter(|o| o.is_err()).count() as u64;
-    Outcome {
-        name: format!("pinned: same {threads}-thread pool through one PinnedWorker"),
-        calls,
-        wrong: score(1, &inputs, &observed),
-        lost_errors: lost,
-        failed_calls: failed,
-        contexts: Stats::now().since(&before).created,
-    }
+    Outcome::of_sequence(
+        format!("pinned: same {threads}-thread pool through one PinnedWorker"),
+        &inputs,
+        &observed,
+        lost,
+        &before,
+    )
 }
 
 /// Pinned: the async tasks again, each task's context living on the owner

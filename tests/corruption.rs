@@ -9,19 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use pinned_ffi::{Config, Context, Model, MAX_INPUT};
-use pinned_ffi_demo::scenarios::{self, score};
-
-fn raw_op(input: u64) -> Result<u64, i32> {
-    let mut out = 0u64;
-    // SAFETY: valid out pointer; uses whatever context is current on this
-    // thread, which is the hazard under test.
-    let rc = unsafe { ffi::aff_op(input, &mut out) };
-    if rc == ffi::AFF_OK {
-        Ok(out)
-    } else {
-        Err(rc)
-    }
-}
+use pinned_ffi_demo::scenarios::{self, raw_op, score};
 
 fn last_message() -> String {
     // SAFETY: this thread's own message buffer, never NULL.
