@@ -166,6 +166,8 @@ pub fn strategies() -> Vec<Strategy> {
         },
         Strategy::PinnedCallers(8),
         Strategy::AsyncSubmit,
+        Strategy::AsyncOneshot,
+        Strategy::SpawnBlocking,
         Strategy::CrossbeamNaive,
         Strategy::CrossbeamCallers(8),
         Strategy::Rebind,

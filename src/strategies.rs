@@ -49,6 +49,10 @@ pub enum Strategy {
     PinnedCallers(usize),
     /// An async tokio task awaiting `submit` tickets.
     AsyncSubmit,
+    /// Peer: owner thread + crossbeam request + tokio oneshot reply, awaited.
+    AsyncOneshot,
+    /// Peer: tokio `spawn_blocking` per call, a context per blocking thread.
+    SpawnBlocking,
     /// Lock + make-current + call + release, from the caller's thread.
     Rebind,
     /// A context created (and destroyed) for every call.
@@ -75,6 +79,8 @@ impl Strategy {
             Strategy::Pool { workers, callers } => format!("pool of {workers}, {callers} callers"),
             Strategy::PinnedCallers(c) => format!("pinned worker, {c} callers"),
             Strategy::AsyncSubmit => "pinned worker, async submit (tokio)".into(),
+            Strategy::AsyncOneshot => "peer: owner + tokio oneshot, awaited".into(),
+            Strategy::SpawnBlocking => "peer: tokio spawn_blocking per call".into(),
             Strategy::Rebind => "rebind: lock+make-current+call+release".into(),
             Strategy::ContextPerCall => "context created per call".into(),
             Strategy::ThreadPerCall => "thread spawned per call".into(),
@@ -100,6 +106,8 @@ impl Strategy {
             Strategy::Pool { workers, callers } => pool(calls, workers, callers),
             Strategy::PinnedCallers(c) => pool(calls, 1, c),
             Strategy::AsyncSubmit => async_submit(calls),
+            Strategy::AsyncOneshot => async_oneshot(calls),
+            Strategy::SpawnBlocking => spawn_blocking_per_call(calls),
             Strategy::Rebind => rebind(calls),
             Strategy::ContextPerCall => context_per_call(calls),
             Strategy::ThreadPerCall => thread_per_call(calls),
@@ -238,39 +246,107 @@ fn callers_in_parallel<T>(
     last - first
 }
 
-fn async_submit(calls: u64) -> Timed {
-    let w = Arc::new(spawn_ctx_worker());
+/// One async caller on a one-thread tokio runtime awaiting `call(input)`
+/// for each input after a warm-up of `call(u64::MAX)` pings (which must
+/// leave the context alone). Returns the timed span and the outputs.
+fn on_tokio(calls: u64, call: AsyncCall) -> (Duration, Vec<u64>, Vec<u64>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .build()
         .expect("runtime");
-    let ins = Arc::new(inputs(calls));
-    let (elapsed, outs) = rt.block_on({
-        let (w, ins) = (Arc::clone(&w), Arc::clone(&ins));
-        async move {
-            tokio::spawn(async move {
-                let mut outs = Vec::with_capacity(ins.len());
-                let t = Instant::now();
-                while t.elapsed() < WARM_UP {
-                    let _ = w.submit(|ctx| ctx.calls()).expect("submit").await;
-                }
-                let t = Instant::now();
-                for &i in ins.iter() {
-                    outs.push(
-                        w.submit(move |ctx| ctx.op(i))
-                            .expect("submit")
-                            .await
-                            .expect("job")
-                            .expect("op"),
-                    );
-                }
-                (t.elapsed(), outs)
-            })
-            .await
-            .expect("task")
+    let ins = inputs(calls);
+    let task_ins = ins.clone();
+    let (elapsed, outs) = rt.block_on(async move {
+        tokio::spawn(async move {
+            let t = Instant::now();
+            while t.elapsed() < WARM_UP {
+                call(u64::MAX).await;
+            }
+            let mut outs = Vec::with_capacity(task_ins.len());
+            let t = Instant::now();
+            for &i in &task_ins {
+                outs.push(call(i).await);
+            }
+            (t.elapsed(), outs)
+        })
+        .await
+        .expect("task")
+    });
+    (elapsed, outs, ins)
+}
+
+type AsyncCall =
+    Arc<dyn Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>> + Send + Sync>;
+
+fn async_submit(calls: u64) -> Timed {
+    let w = Arc::new(spawn_ctx_worker());
+    let (elapsed, outs, ins) = on_tokio(
+        calls,
+        Arc::new(move |i| {
+            let t = w
+                .submit(move |ctx| if i == u64::MAX { 0 } else { ctx.op(i).expect("op") })
+                .expect("submit");
+            Box::pin(async move { t.await.expect("job") })
+        }),
+    );
+    (elapsed, wrong(&outs, &ins), 1)
+}
+
+/// Peer: the owner thread behind a crossbeam channel, replies through a
+/// tokio oneshot that the caller awaits (the tokio-rusqlite shape).
+fn async_oneshot(calls: u64) -> Timed {
+    type Req = (u64, tokio::sync::oneshot::Sender<u64>);
+    let (tx, rx) = crossbeam_channel::unbounded::<Req>();
+    let owner = thread::spawn(move || {
+        let mut ctx = Context::new(&Config::with_seed(SEED)).expect("context");
+        for (i, reply) in rx {
+            let _ = reply.send(if i == u64::MAX { 0 } else { ctx.op(i).expect("op") });
         }
     });
+    let sender = tx.clone();
+    let (elapsed, outs, ins) = on_tokio(
+        calls,
+        Arc::new(move |i| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            sender.send((i, reply)).expect("owner");
+            Box::pin(async move { answer.await.expect("reply") })
+        }),
+    );
+    drop(tx);
+    owner.join().expect("owner");
     (elapsed, wrong(&outs, &ins), 1)
+}
+
+thread_local! {
+    /// The context of a tokio blocking-pool thread (spawn_blocking peer).
+    static BLOCKING_CTX: std::cell::RefCell<Option<Context>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Peer: `spawn_blocking` per call, each blocking thread with its own
+/// context (no affinity: whichever pool thread runs the call).
+fn spawn_blocking_per_call(calls: u64) -> Timed {
+    let (elapsed, outs, ins) = on_tokio(
+        calls,
+        Arc::new(|i| {
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || {
+                    BLOCKING_CTX.with(|c| {
+                        let mut c = c.borrow_mut();
+                        let ctx =
+                            c.get_or_insert_with(|| Context::new(&Config::with_seed(SEED)).expect("context"));
+                        if i == u64::MAX {
+                            0
+                        } else {
+                            ctx.op(i).expect("op")
+                        }
+                    })
+                })
+                .await
+                .expect("blocking task")
+            })
+        }),
+    );
+    (elapsed, wrong(&outs, &ins), 0)
 }
 
 /// A context pointer that moves between threads under a lock, as rebinding

@@ -145,10 +145,17 @@ pub fn thread_names() -> Option<Vec<String>> {
 /// (`/proc/self/task/<tid>/schedstat`, nanosecond resolution), or `None`
 /// where that file does not exist.
 ///
+/// The kernel updates it when the thread is switched out, so read it for
+/// other threads, or after this one has slept.
+///
 /// ```
+/// use std::time::{Duration, Instant};
 /// let tid = pinned_ffi::threads::current_tid();
-/// if let Some(t) = pinned_ffi::threads::thread_cpu_time(tid) {
-///     assert!(t > std::time::Duration::ZERO);
+/// let t = Instant::now();
+/// while t.elapsed() < Duration::from_millis(20) {} // use some CPU
+/// std::thread::sleep(Duration::from_millis(1)); // be switched out
+/// if let Some(used) = pinned_ffi::threads::thread_cpu_time(tid) {
+///     assert!(used >= Duration::from_millis(10), "{used:?}");
 /// }
 /// ```
 pub fn thread_cpu_time(tid: u64) -> Option<std::time::Duration> {
