@@ -210,6 +210,8 @@ pub fn run(mode: Mode, mut progress: impl FnMut(&str)) -> Report {
             progress(&format!("trial {}/{trials}: {}", trial + 1, strategy.name()));
             let calls = if strategy.is_slow() {
                 slow_calls
+            } else if strategy.parks_per_call() {
+                fast_calls / 50
             } else {
                 fast_calls
             };

@@ -96,6 +96,12 @@ impl Strategy {
         matches!(self, Strategy::ContextPerCall | Strategy::ThreadPerCall)
     }
 
+    /// Whether one call costs tens of microseconds (a wake-up per call), so
+    /// a trial needs fewer calls to take as long as the others.
+    pub fn parks_per_call(&self) -> bool {
+        matches!(self, Strategy::AsyncOneshot | Strategy::SpawnBlocking)
+    }
+
     /// Runs `calls` calls and measures them.
     pub fn run(&self, calls: u64) -> Measured {
         let before = Stats::now();
