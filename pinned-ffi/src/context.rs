@@ -278,6 +278,15 @@ impl Context {
     /// The raw context, for calls this wrapper does not cover. It stays
     /// owned by this `Context`: do not destroy it, and release it from any
     /// thread you make it current on before this `Context` is dropped.
+    ///
+    /// ```
+    /// let ctx = pinned_ffi::Context::new(&pinned_ffi::Config::default())?;
+    /// let mut calls = 0;
+    /// // SAFETY: a live context, queried on its owner thread.
+    /// let rc = unsafe { ffi::aff_ctx_info(ctx.as_ptr(), &mut calls) };
+    /// assert_eq!((rc, calls), (0, 0));
+    /// # Ok::<(), pinned_ffi::AffError>(())
+    /// ```
     pub fn as_ptr(&self) -> *mut ffi::aff_ctx {
         self.raw.as_ptr()
     }

@@ -26,6 +26,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Maps a non-zero C status to its code.
+    ///
+    /// ```
+    /// use pinned_ffi::ErrorCode;
+    /// assert_eq!(ErrorCode::from_raw(3), ErrorCode::Busy);
+    /// assert_eq!(ErrorCode::from_raw(42), ErrorCode::Unknown(42));
+    /// ```
     pub fn from_raw(rc: i32) -> Self {
         match rc {
             ffi::AFF_E_INVALID_ARG => Self::InvalidArg,
@@ -39,6 +45,10 @@ impl ErrorCode {
     }
 
     /// The C status value.
+    ///
+    /// ```
+    /// assert_eq!(pinned_ffi::ErrorCode::NoContext.raw(), 2);
+    /// ```
     pub fn raw(self) -> i32 {
         match self {
             Self::InvalidArg => ffi::AFF_E_INVALID_ARG,
@@ -135,6 +145,18 @@ pub enum TrySubmitError<F> {
 
 impl<F> TrySubmitError<F> {
     /// Gives the refused job back.
+    ///
+    /// ```
+    /// use pinned_ffi::{PinnedWorker, TrySubmitError};
+    /// let w = PinnedWorker::builder().capacity(1).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// w.close();
+    /// let job = match w.try_submit(|_| 7) {
+    ///     Err(e @ TrySubmitError::Refused(..)) => e.into_job(),
+    ///     other => panic!("{other:?}"),
+    /// };
+    /// assert_eq!(job(&mut ()), 7); // the closure came back intact
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_job(self) -> F {
         match self {
             Self::Full(f) | Self::Refused(f, _) => f,

@@ -4,6 +4,10 @@
 use crate::context::MAX_INPUT;
 
 /// The state mixer (splitmix64's finaliser), bit-for-bit the C `aff_mix64`.
+///
+/// ```
+/// assert_eq!(pinned_ffi::mix64(0), 0xE220_A839_7B1D_CDAF); // splitmix64's first output
+/// ```
 pub const fn mix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -72,6 +72,17 @@ impl Topology {
     ///
     /// # Errors
     /// As [`read`](Self::read).
+    ///
+    /// ```
+    /// // A sysfs-like tree with one node (tests use this to fake machines).
+    /// let root = std::env::temp_dir().join(format!("pinned-sysfs-{}", std::process::id()));
+    /// std::fs::create_dir_all(root.join("devices/system/node/node0"))?;
+    /// std::fs::write(root.join("devices/system/node/node0/cpulist"), "0-3\n")?;
+    /// let t = pinned_ffi::placement::Topology::read_from(&root)?;
+    /// assert_eq!(t.nodes[0].cpus, vec![0, 1, 2, 3]);
+    /// # std::fs::remove_dir_all(&root)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn read_from(sysfs: impl AsRef<Path>) -> io::Result<Topology> {
         let sysfs = sysfs.as_ref().to_path_buf();
         let mut nodes = Vec::new();
@@ -101,6 +112,13 @@ impl Topology {
     ///
     /// # Errors
     /// `NotFound` for an unknown device.
+    ///
+    /// ```
+    /// if let Ok(t) = pinned_ffi::placement::Topology::read() {
+    ///     // Unknown devices are an error; known ones may have no node (None).
+    ///     assert!(t.device_node("0000:ff:1f.7").is_err());
+    /// }
+    /// ```
     pub fn device_node(&self, pci_address: &str) -> io::Result<Option<usize>> {
         let path = self
             .sysfs

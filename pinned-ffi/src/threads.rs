@@ -151,11 +151,12 @@ pub fn thread_names() -> Option<Vec<String>> {
 /// ```
 /// use std::time::{Duration, Instant};
 /// let tid = pinned_ffi::threads::current_tid();
-/// let t = Instant::now();
-/// while t.elapsed() < Duration::from_millis(20) {} // use some CPU
-/// std::thread::sleep(Duration::from_millis(1)); // be switched out
-/// if let Some(used) = pinned_ffi::threads::thread_cpu_time(tid) {
-///     assert!(used >= Duration::from_millis(10), "{used:?}");
+/// std::thread::sleep(Duration::from_millis(1)); // be switched out: figure updated
+/// if let Some(before) = pinned_ffi::threads::thread_cpu_time(tid) {
+///     let t = Instant::now();
+///     while t.elapsed() < Duration::from_millis(20) {} // use some CPU
+///     std::thread::sleep(Duration::from_millis(1));
+///     assert!(pinned_ffi::threads::thread_cpu_time(tid).unwrap() > before);
 /// }
 /// ```
 pub fn thread_cpu_time(tid: u64) -> Option<std::time::Duration> {

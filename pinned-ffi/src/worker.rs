@@ -35,6 +35,13 @@ static OWNERS_STARTED: AtomicU64 = AtomicU64::new(0);
 /// Owner threads started by this process so far (spawns and re-inits).
 /// A rate far above the number of pools means something creates owners
 /// per request; [`ThreadWatch`](crate::ThreadWatch) watches it.
+///
+/// ```
+/// let before = pinned_ffi::owners_started();
+/// let _w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::io::Error>(()))?;
+/// assert!(pinned_ffi::owners_started() > before);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn owners_started() -> u64 {
     // ORDERING: a statistic.
     OWNERS_STARTED.load(Ordering::Relaxed)
