@@ -211,28 +211,37 @@ pub fn raw_thread_pool(threads: usize, calls: u64) -> Outcome {
     )
 }
 
-/// Raw: tokio tasks on a multi-thread runtime; each task creates its
-/// context and makes it current where it starts (as a request handler
-/// would), then calls, awaits, calls again. A task that resumes on another
-/// worker thread, or after another task made its context current, computes
-/// on the wrong state or finds no context.
-pub fn raw_async_tasks(tasks: u64, calls_per_task: u64) -> Outcome {
-    let before = Stats::now();
+/// Runs one session per task (seeds `1..=tasks`, each its own call sequence)
+/// on a 2-thread tokio runtime, yielding after every call so tasks
+/// interleave and migrate, and scores each session against the model.
+/// `call(seed, input)` makes one call for that session.
+fn async_sessions<Fut>(
+    name: String,
+    tasks: u64,
+    calls_per_task: u64,
+    before: &Stats,
+    start: impl Fn(u64) + Send + Sync + 'static,
+    call: impl Fn(u64, u64) -> Fut + Send + Sync + 'static,
+) -> Outcome
+where
+    Fut: std::future::Future<Output = Result<u64, i32>> + Send,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
+    let (start, call) = (Arc::new(start), Arc::new(call));
     let results = rt.block_on(async {
-        let handles: Vec<_> = (0..tasks)
-            .map(|t| {
+        let handles: Vec<_> = (1..=tasks)
+            .map(|seed| {
+                let (start, call) = (Arc::clone(&start), Arc::clone(&call));
                 tokio::spawn(async move {
-                    let seed = t + 1;
-                    bind_here_and_strand(seed);
+                    start(seed);
                     let inputs = sequence(seed, calls_per_task, 0);
-                    let mut observed = Vec::new();
+                    let mut observed = Vec::with_capacity(inputs.len());
                     for &i in &inputs {
-                        observed.push(raw_op(i));
+                        observed.push(call(seed, i).await);
                         tokio::task::yield_now().await;
                     }
                     (seed, inputs, observed)
@@ -246,20 +255,37 @@ pub fn raw_async_tasks(tasks: u64, calls_per_task: u64) -> Outcome {
         out
     });
     drop(rt);
-    let mut wrong = 0;
-    let mut failed = 0;
-    for (seed, inputs, observed) in &results {
-        wrong += score(*seed, inputs, observed);
-        failed += observed.iter().filter(|o| o.is_err()).count() as u64;
-    }
-    Outcome {
-        name: format!("raw: {tasks} async tasks on 2 tokio threads"),
+    let mut outcome = Outcome {
+        name,
         calls: tasks * calls_per_task,
-        wrong,
+        wrong: 0,
         lost_errors: 0,
-        failed_calls: failed,
-        contexts: Stats::now().since(&before).created,
+        failed_calls: 0,
+        contexts: 0,
+    };
+    for (seed, inputs, observed) in &results {
+        outcome.wrong += score(*seed, inputs, observed);
+        outcome.failed_calls += observed.iter().filter(|o| o.is_err()).count() as u64;
     }
+    outcome.contexts = Stats::now().since(before).created;
+    outcome
+}
+
+/// Raw: tokio tasks on a multi-thread runtime; each task creates its
+/// context and makes it current where it starts (as a request handler
+/// would), then calls, awaits, calls again. A task that resumes on another
+/// worker thread, or after another task made its context current, computes
+/// on the wrong state or finds no context.
+pub fn raw_async_tasks(tasks: u64, calls_per_task: u64) -> Outcome {
+    let before = Stats::now();
+    async_sessions(
+        format!("raw: {tasks} async tasks on 2 tokio threads"),
+        tasks,
+        calls_per_task,
+        &before,
+        bind_here_and_strand,
+        |_, i| std::future::ready(raw_op(i)),
+    )
 }
 
 /// Pinned: the same single sequence, issued from the same kind of thread
@@ -301,55 +327,26 @@ pub fn pinned_async_tasks(tasks: u64, calls_per_task: u64) -> Outcome {
         PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(HashMap::<u64, Context>::new()))
             .expect("worker"),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let results = rt.block_on(async {
-        let handles: Vec<_> = (0..tasks)
-            .map(|t| {
-                let worker = Arc::clone(&worker);
-                tokio::spawn(async move {
-                    let seed = t + 1;
-                    let inputs = sequence(seed, calls_per_task, 0);
-                    let mut observed = Vec::new();
-                    for &i in &inputs {
-                        let r = worker
-                            .submit(move |ctxs| {
-                                let ctx = ctxs.entry(seed).or_insert_with(|| {
-                                    Context::new(&Config::with_seed(seed)).expect("context")
-                                });
-                                ctx.op(i).map_err(|e| e.code.raw())
-                            })
-                            .expect("worker")
-                            .await
-                            .expect("job");
-                        observed.push(r);
-                        tokio::task::yield_now().await;
-                    }
-                    (seed, inputs, observed)
+    let caller = Arc::clone(&worker);
+    let outcome = async_sessions(
+        format!("pinned: {tasks} async tasks, contexts on one owner"),
+        tasks,
+        calls_per_task,
+        &before,
+        |_| {},
+        move |seed, i| {
+            let ticket = caller
+                .submit(move |ctxs| {
+                    let ctx = ctxs
+                        .entry(seed)
+                        .or_insert_with(|| Context::new(&Config::with_seed(seed)).expect("context"));
+                    ctx.op(i).map_err(|e| e.code.raw())
                 })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for h in handles {
-            out.push(h.await.expect("task"));
-        }
-        out
-    });
-    drop(rt);
+                .expect("worker");
+            async move { ticket.await.expect("job") }
+        },
+    );
+    // The runtime, and with it the last clone, are gone: close on this thread.
     drop(Arc::try_unwrap(worker).expect("sole owner"));
-    let mut wrong = 0;
-    for (seed, inputs, observed) in &results {
-        wrong += score(*seed, inputs, observed);
-    }
-    Outcome {
-        name: format!("pinned: {tasks} async tasks, contexts on one owner"),
-        calls: tasks * calls_per_task,
-        wrong,
-        lost_errors: 0,
-        failed_calls: 0,
-        contexts: Stats::now().since(&before).created,
-    }
+    outcome
 }

@@ -45,6 +45,17 @@ impl Threads {
         Threads { senders, handles }
     }
 
+    /// Call `k` of the sequence on thread `k % n`, in order, as a pool
+    /// handing each job to the next thread would.
+    fn round_robin(&self, inputs: &[u64]) -> Vec<Result<u64, i32>> {
+        let n = self.senders.len();
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| self.on(k % n, move || raw_op(i)))
+            .collect()
+    }
+
     fn on<R: Send + 'static>(&self, t: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
         let (tx, rx) = mpsc::channel();
         self.senders[t]
@@ -68,12 +79,8 @@ fn pool_threads_without_the_context_get_no_context() {
     // The context is current on this thread (A); the pool threads have none.
     let mut ctx = Context::new(&Config::with_seed(1)).unwrap();
     let pool = Threads::new(4, |_| None);
-    let inputs: Vec<u64> = (0..400).map(|i| scenarios::input(1, i)).collect();
-    let observed: Vec<_> = inputs
-        .iter()
-        .enumerate()
-        .map(|(k, &i)| pool.on(k % 4, move || raw_op(i)))
-        .collect();
+    let inputs = scenarios::sequence(1, 400, 0);
+    let observed = pool.round_robin(&inputs);
     let no_context = observed
         .iter()
         .filter(|o| **o == Err(ffi::AFF_E_NO_CONTEXT))
@@ -91,12 +98,8 @@ fn pool_threads_without_the_context_get_no_context() {
 fn pool_threads_with_their_own_contexts_compute_wrong_values_silently() {
     // "Every pool thread gets an identical context": any thread will do?
     let pool = Threads::new(4, |_| Some(Context::new(&Config::with_seed(1)).unwrap()));
-    let inputs: Vec<u64> = (0..400).map(|i| scenarios::input(1, i)).collect();
-    let observed: Vec<_> = inputs
-        .iter()
-        .enumerate()
-        .map(|(k, &i)| pool.on(k % 4, move || raw_op(i)))
-        .collect();
+    let inputs = scenarios::sequence(1, 400, 0);
+    let observed = pool.round_robin(&inputs);
     assert!(observed.iter().all(Result::is_ok), "every call 'succeeded'");
     let wrong = score(1, &inputs, &observed);
     println!(

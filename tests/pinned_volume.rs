@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pinned_ffi::{Config, Context, Dispatch, Pool, MAX_INPUT};
-use pinned_ffi_demo::scenarios::{invalid_message, score, sequence};
+use pinned_ffi_demo::scenarios::{score, sequence};
 
 const CALLERS: u64 = 16;
 const CALLS_PER_CALLER: u64 = 65_536; // 16 × 65,536 = 1,048,576
@@ -53,7 +53,6 @@ fn check(caller: u64, inputs: &[u64], observed: &[Result<u64, i32>], messages: &
         .filter(|(_, &i)| i > MAX_INPUT)
         .map(|(k, &i)| format!("aff_op_batch: input[{}] = {i} exceeds AFF_MAX_INPUT", k % CHUNK))
         .collect();
-    let _ = invalid_message; // single-call form; the batch call names the index
     let bad_messages = expected.iter().zip(messages).filter(|(e, m)| e != m).count() as u64
         + expected.len().abs_diff(messages.len()) as u64;
     (wrong, bad_messages)
