@@ -241,8 +241,8 @@ pub fn run(mode: Mode, mut progress: impl FnMut(&str)) -> Report {
         .collect();
     progress("queue latency under pressure");
     let queue_latency = queue_latency(match mode {
-        Mode::Quick => 8_000,
-        Mode::Full => 64_000,
+        Mode::Quick => 16_000,
+        Mode::Full => 128_000,
     });
     progress("idle worker CPU");
     let window = match mode {
@@ -311,7 +311,8 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nQueue wait of one worker (submission to start; sampled 1 job in 8)"
+            "\nQueue wait of one worker (submission to start; sampled 1 job in {})",
+            pinned_ffi::TIMED_ONE_JOB_IN
         );
         let _ = writeln!(
             s,

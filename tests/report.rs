@@ -6,7 +6,9 @@ use pinned_ffi_demo::scenarios::Outcome;
 
 #[test]
 fn queue_latency_has_a_row_per_case_with_samples() {
-    let rows = queue_latency(2_000);
+    // Enough calls that each of the 64 callers has timed jobs (one in
+    // TIMED_ONE_JOB_IN per calling thread).
+    let rows = queue_latency(64 * 4 * u64::from(pinned_ffi::TIMED_ONE_JOB_IN));
     assert_eq!(
         rows.iter().map(|r| r.callers).collect::<Vec<_>>(),
         vec![1, 4, 16, 64, 4, 4]

@@ -33,12 +33,14 @@
 mod context;
 mod error;
 mod labels;
+mod lane;
 mod mailbox;
 mod metrics;
 mod model;
 pub mod placement;
 mod pool;
 mod slot;
+mod spin;
 mod sync;
 pub mod threads;
 mod watch;
@@ -52,7 +54,7 @@ pub use model::{mix64, Model};
 pub use pool::{Dispatch, Pool, PoolBuilder};
 pub use slot::Ticket;
 pub use watch::{Alarm, ThreadWatch, WatchConfig};
-pub use worker::{owners_started, Bound, Breaker, Builder, PanicPolicy, PinnedWorker};
+pub use worker::{owners_started, Bound, Breaker, Builder, PanicPolicy, PinnedWorker, TIMED_ONE_JOB_IN};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

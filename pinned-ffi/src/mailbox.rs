@@ -1,83 +1,121 @@
-//! Per-caller mailboxes: the fast lane of the hand-off.
+//! Per-caller mailboxes: where blocking calls meet the owner.
 //!
 //! A round trip through a channel touches several shared cache lines (the
 //! queue slot, its head and tail, the job). Here each calling thread owns
-//! one cache line per worker, written only by that thread: it stores a
-//! pointer to its job there and bumps a sequence number; the owner, which
-//! only ever *reads* mailboxes, notices the new number while scanning. A
-//! blocking caller has at most one job in flight per worker, so one slot
-//! per (thread, worker) is enough, and the job itself (on the caller's
-//! stack) carries the completion.
+//! one mailbox per worker: a sequence number and a *lane* (the job it
+//! carries, see [`lane`](crate::lane)) on one cache line. The caller writes
+//! its job into the lane and bumps the number; the owner notices the new
+//! number while scanning, runs the job in place and answers in the same
+//! line. A blocking caller has at most one job in flight per worker, so one
+//! mailbox per (thread, worker) is enough.
 //!
 //! Mailboxes register on a thread's first blocking call to a worker and
 //! unregister when the thread exits.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::sync::{AtomicU64, UnsafeCell};
+use crate::spin::Engaged;
+use crate::sync::AtomicU64;
 
-/// One thread's mailbox for one worker: on a cache line of its own, written
-/// only by its thread.
-#[repr(align(128))]
-pub(crate) struct Mailbox<P> {
-    /// Bumped (Release) after `item` is written; the owner compares it with
-    /// the last number it took.
+/// One thread's mailbox for one worker: its first cache line holds the
+/// sequence number and the hot part of the lane, written by its thread
+/// (and, for the answer, by the owner) and by no one else.
+#[repr(C, align(128))]
+pub(crate) struct Mailbox<L> {
+    /// Bumped (SeqCst) after the lane was loaded; the owner compares it
+    /// with the last number it took.
     seq: AtomicU64,
-    item: UnsafeCell<Option<P>>,
+    lane: L,
 }
 
-// SAFETY: `item` is written by the mailbox's thread only while no item is
-// outstanding (its previous job has completed, which happens after the
-// owner read it), and read by the owner only after seeing a new `seq`
-// (Acquire, pairing with the Release that follows the write). P: Send moves
-// between the two.
-unsafe impl<P: Send> Sync for Mailbox<P> {}
-// SAFETY: as above.
-unsafe impl<P: Send> Send for Mailbox<P> {}
-
-impl<P: Copy> Mailbox<P> {
-    fn new() -> Self {
+impl<L> Mailbox<L> {
+    fn new(lane: L) -> Self {
         Mailbox {
             seq: AtomicU64::new(0),
-            item: UnsafeCell::new(None),
+            lane,
         }
     }
 
-    /// Poster: publishes `item`.
-    ///
-    /// # Safety
-    /// Only the mailbox's own thread posts, and only once the owner has
-    /// taken its previous item.
-    unsafe fn put(&self, item: P) {
-        // SAFETY: exclusive by the caller's contract.
-        self.item.with_mut(|i| unsafe { *i = Some(item) });
-        // ORDERING: the RMW's Release side publishes `item` to the owner's
-        // Acquire; being SeqCst it also orders this post before the
-        // poster's SeqCst look at the owner's `sleeping` flag (see
-        // `Shared::wake_owner_after_post`), so no separate fence is needed.
-        self.seq.fetch_add(1, Ordering::SeqCst);
+    /// The job carrier. What may be written when is the lane's protocol.
+    pub(crate) fn lane(&self) -> &L {
+        &self.lane
     }
 
-    /// Owner: the item posted after `seen`, if any, and the new `seen`.
-    fn take_after(&self, seen: &mut u64) -> Option<P> {
-        // ORDERING: Acquire pairs with `put`'s Release, so `item` is the one
-        // written before this sequence number.
+    /// Poster: announces the job just loaded into the lane; returns its
+    /// post number (1, 2, ...).
+    pub(crate) fn publish(&self) -> u64 {
+        // ORDERING: the RMW's Release side publishes the lane's contents
+        // to the owner's Acquire in `take_after`; being SeqCst it also
+        // orders this post before the poster's SeqCst look at the owner's
+        // `sleeping` flag (see `Shared::wake_owner_after_post`), so no
+        // separate fence is needed.
+        self.seq.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Owner: the post number after `seen`, if any, and the new `seen`.
+    fn take_after(&self, seen: &mut u64) -> Option<u64> {
+        // ORDERING: Acquire pairs with `publish`'s Release, so the lane's
+        // contents are those loaded before this number.
         let seq = self.seq.load(Ordering::Acquire);
         if seq == *seen {
             return None;
         }
         *seen = seq;
-        // SAFETY: the poster wrote `item` before this `seq` and will not
-        // write again until this item's job completes.
-        self.item.with_mut(|i| unsafe { *i })
+        Some(seq)
     }
 
     fn posted_after(&self, seen: u64) -> bool {
         // ORDERING: see `take_after`.
         self.seq.load(Ordering::Acquire) != seen
+    }
+}
+
+#[cfg(test)]
+impl<L> Mailbox<L> {
+    /// A mailbox outside any registry, for protocol tests.
+    pub(crate) fn for_test(lane: L) -> Self {
+        Mailbox::new(lane)
+    }
+
+    /// Owner side of a protocol test: the post after `seen`, if any.
+    pub(crate) fn take_for_test(&self, seen: &mut u64) -> Option<Posted<L>> {
+        self.take_after(seen).map(|seq| Posted {
+            mailbox: NonNull::from(self),
+            seq,
+        })
+    }
+}
+
+/// A post the owner took: which mailbox, and its post number.
+///
+/// The pointer stays valid while the owner handles the post: its poster
+/// waits for the answer (so its thread, whose registration holds the
+/// mailbox, cannot exit), and the scanner's snapshot holds the mailbox too.
+pub(crate) struct Posted<L> {
+    mailbox: NonNull<Mailbox<L>>,
+    seq: u64,
+}
+
+// SAFETY: a Posted only gives shared access to the mailbox (the lane's
+// protocol decides who writes what), so moving it to another thread needs
+// the mailbox to be Sync.
+unsafe impl<L: Sync> Send for Posted<L> {}
+
+impl<L> Posted<L> {
+    /// The post's mailbox.
+    pub(crate) fn mailbox(&self) -> &Mailbox<L> {
+        // SAFETY: valid while the post is being handled (see the type's
+        // doc); a Posted exists only for that.
+        unsafe { self.mailbox.as_ref() }
+    }
+
+    /// Its post number.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
     }
 }
 
@@ -101,7 +139,7 @@ struct Registered<P: 'static> {
     registry: Weak<Mailboxes<P>>,
 }
 
-impl<P: Send + 'static> Registration for Registered<P> {
+impl<P: Send + Sync + 'static> Registration for Registered<P> {
     fn key(&self) -> u64 {
         self.key
     }
@@ -115,6 +153,12 @@ impl<P: Send + 'static> Registration for Registered<P> {
 
 impl<P: 'static> Drop for Registered<P> {
     fn drop(&mut self) {
+        // ORDERING: thread-local; no other thread reads it.
+        let _ = LAST.try_with(|last| {
+            if last.get().0 == self.key {
+                last.set((0, std::ptr::null()));
+            }
+        });
         if let Some(registry) = self.registry.upgrade() {
             let mut list = registry.list.lock().unwrap_or_else(|e| e.into_inner());
             list.retain(|m| !Arc::ptr_eq(m, &self.mailbox));
@@ -125,11 +169,27 @@ impl<P: 'static> Drop for Registered<P> {
     }
 }
 
-thread_local! {
-    static MINE: RefCell<Vec<Box<dyn Registration>>> = const { RefCell::new(Vec::new()) };
+/// A thread's registrations. While it has any, the thread counts as
+/// engaged in hand-offs (see [`spin`](crate::spin)).
+struct Mine {
+    registrations: Vec<Box<dyn Registration>>,
+    engaged: Option<Engaged>,
 }
 
-impl<P: Copy + Send + 'static> Mailboxes<P> {
+thread_local! {
+    static MINE: RefCell<Mine> = const {
+        RefCell::new(Mine {
+            registrations: Vec::new(),
+            engaged: None,
+        })
+    };
+    /// The last mailbox `mine` returned, by key: a thread calling one
+    /// worker over and over skips the search. Cleared when that
+    /// registration goes (keys are never reused).
+    static LAST: Cell<(u64, *const ())> = const { Cell::new((0, std::ptr::null())) };
+}
+
+impl<P: Send + Sync + 'static> Mailboxes<P> {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Mailboxes {
             list: Mutex::new(Vec::new()),
@@ -137,23 +197,43 @@ impl<P: Copy + Send + 'static> Mailboxes<P> {
         })
     }
 
-    /// Posts `item` to the owner through this thread's mailbox for the
-    /// worker `key` (registering it on first use). Returns `false`, posting
-    /// nothing, if thread-locals are gone (the thread is exiting).
+    /// This thread's mailbox for the worker `key`, registered on first use
+    /// with the lane `make` gives. `None` if thread-locals are gone (the
+    /// thread is exiting).
+    ///
+    /// The pointer stays valid until this thread exits or this registry is
+    /// dropped (a thread's registrations are only ever removed by its exit,
+    /// or when their registry is gone).
     ///
     /// # Safety
-    /// The calling thread's previous item for `key` must have been taken by
-    /// the owner already (the caller waited for its job to complete), and
-    /// `key` must identify this registry (one key, one worker, one `P`).
-    pub(crate) unsafe fn post(self: &Arc<Self>, key: u64, item: P) -> bool {
+    /// `key` identifies this registry: no other registry is ever used with
+    /// it (one key, one worker, one `P`), so the cached pointer for `key`
+    /// is a `Mailbox<P>` of this registry.
+    pub(crate) unsafe fn mine(
+        self: &Arc<Self>,
+        key: u64,
+        make: impl FnOnce() -> P,
+    ) -> Option<NonNull<Mailbox<P>>> {
+        // ORDERING: thread-local.
+        if let Ok((k, p)) = LAST.try_with(Cell::get) {
+            if k == key && !p.is_null() {
+                // SAFETY: LAST holds `key`'s mailbox while its registration
+                // lives (cleared on drop), and by the contract it is a
+                // Mailbox<P>.
+                return Some(unsafe { NonNull::new_unchecked(p.cast_mut().cast::<Mailbox<P>>()) });
+            }
+        }
         MINE.try_with(|mine| {
-            let mut mine = mine.borrow_mut();
+            let mine = &mut *mine.borrow_mut();
+            let engaged = &mut mine.engaged;
+            let mine = &mut mine.registrations;
             let found = mine.iter().position(|r| r.key() == key);
             let index = match found {
                 Some(i) => i,
                 None => {
                     mine.retain(|r| r.alive()); // forget workers that are gone
-                    let mailbox = Arc::new(Mailbox::new());
+                    engaged.get_or_insert_with(Engaged::new);
+                    let mailbox = Arc::new(Mailbox::new(make()));
                     self.list
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -172,12 +252,10 @@ impl<P: Copy + Send + 'static> Mailboxes<P> {
                 .mailbox()
                 .downcast_ref::<Mailbox<P>>()
                 .expect("a worker key always maps to the same mailbox type");
-            // SAFETY: this is the thread's own mailbox, and by the caller's
-            // contract the owner is done with the previous item.
-            unsafe { mailbox.put(item) };
-            true
+            let _ = LAST.try_with(|last| last.set((key, (mailbox as *const Mailbox<P>).cast())));
+            NonNull::from(mailbox)
         })
-        .unwrap_or(false)
+        .ok()
     }
 }
 
@@ -190,7 +268,7 @@ pub(crate) struct Scanner<P> {
     next: usize,
 }
 
-impl<P: Copy + Send + 'static> Scanner<P> {
+impl<P: Send + Sync + 'static> Scanner<P> {
     pub(crate) fn new(registry: Arc<Mailboxes<P>>) -> Self {
         Scanner {
             registry,
@@ -229,33 +307,45 @@ impl<P: Copy + Send + 'static> Scanner<P> {
         self.changed() || self.snapshot.iter().any(|(m, seen)| m.posted_after(*seen))
     }
 
-    /// Takes the next posted item, scanning round-robin for fairness.
-    pub(crate) fn take(&mut self) -> Option<P> {
+    /// Takes the next post, scanning round-robin for fairness. The caller
+    /// handles it before taking another (the snapshot may change then).
+    pub(crate) fn take(&mut self) -> Option<Posted<P>> {
         self.refresh();
         let n = self.snapshot.len();
-        for k in 0..n {
-            let i = (self.next + k) % n;
+        let start = if self.next < n { self.next } else { 0 };
+        for i in (start..n).chain(0..start) {
             let (m, seen) = &mut self.snapshot[i];
-            if let Some(item) = m.take_after(seen) {
+            if let Some(seq) = m.take_after(seen) {
                 self.next = i + 1;
-                return Some(item);
+                return Some(Posted {
+                    mailbox: NonNull::from(&**m),
+                    seq,
+                });
             }
         }
         None
     }
 }
 
-/// Model checks of the mailbox protocol: a poster that waits for each
-/// item's completion before the next, and an owner that only reads.
+/// Model checks of the mailbox protocol: a poster that loads its lane and
+/// waits for each post's completion before the next, and an owner that
+/// reads the lane after seeing the post.
 #[cfg(all(test, pinned_loom))]
 mod loom_tests {
     use super::*;
+    use crate::sync::UnsafeCell;
     use loom::sync::atomic::AtomicU64 as Done;
 
+    /// A lane holding one number.
+    struct Cell(UnsafeCell<u64>);
+    // SAFETY: written by the poster only while no post is outstanding, read
+    // by the owner only after it took the post (the protocol under test).
+    unsafe impl Sync for Cell {}
+
     #[test]
-    fn loom_the_owner_takes_each_item_once_in_order() {
+    fn loom_the_owner_takes_each_post_once_with_its_contents() {
         loom::model(|| {
-            let mb = Arc::new(Mailbox::<u64>::new());
+            let mb = Arc::new(Mailbox::new(Cell(UnsafeCell::new(0))));
             let done = Arc::new(Done::new(0));
             let owner = {
                 let (mb, done) = (Arc::clone(&mb), Arc::clone(&done));
@@ -263,9 +353,11 @@ mod loom_tests {
                     let (mut seen, mut got) = (0, Vec::new());
                     while got.len() < 2 {
                         match mb.take_after(&mut seen) {
-                            Some(item) => {
-                                got.push(item);
-                                done.store(item, Ordering::Release); // the job "completes"
+                            Some(seq) => {
+                                // SAFETY: the post is ours until we complete it.
+                                let value = mb.lane().0.with_mut(|v| unsafe { *v });
+                                got.push((seq, value));
+                                done.store(seq, Ordering::Release); // the job "completes"
                             }
                             None => loom::thread::yield_now(),
                         }
@@ -273,14 +365,15 @@ mod loom_tests {
                     got
                 })
             };
-            for item in [10, 20] {
-                // SAFETY: the previous item completed (waited for below).
-                unsafe { mb.put(item) };
-                while done.load(Ordering::Acquire) != item {
+            for value in [10, 20] {
+                // SAFETY: the previous post completed (waited for below).
+                mb.lane().0.with_mut(|v| unsafe { *v = value });
+                let seq = mb.publish();
+                while done.load(Ordering::Acquire) != seq {
                     loom::thread::yield_now();
                 }
             }
-            assert_eq!(owner.join().unwrap(), vec![10, 20]);
+            assert_eq!(owner.join().unwrap(), vec![(1, 10), (2, 20)]);
         });
     }
 }

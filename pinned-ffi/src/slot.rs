@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use crate::spin::spin_until_done;
 use crate::sync::{self, AtomicU8, Mutex, Thread, UnsafeCell};
 
 use crate::error::Error;
@@ -173,44 +174,6 @@ impl<R> Slot<R> {
     pub(crate) fn wait(&self, spin: Duration) -> Result<R, Error> {
         self.wait_until(spin, None);
         self.take()
-    }
-}
-
-/// Spins on `done` for up to `budget`: a few pure spins (a hot hand-off
-/// lands within them), then yielding the core on every round, so that with
-/// more spinning threads than cores the one that has work gets to run.
-/// (256 pure spins made a pool of 2 owners with 2 callers on 2 vCPUs
-/// cost ~8 µs a call; 16 brought it to ~2 µs with no loss on one caller.)
-pub(crate) fn spin_until_done(done: impl Fn() -> bool, budget: Duration, deadline: Option<Instant>) -> bool {
-    const PURE_SPINS: u32 = 16;
-    const CLOCK_EVERY: u32 = 64;
-    if budget.is_zero() {
-        return done();
-    }
-    // The clock is read only once spinning has gone on for a while: a hot
-    // hand-off completes within the first rounds and never pays for it.
-    let mut until: Option<Instant> = None;
-    let mut i: u32 = 0;
-    loop {
-        if done() {
-            return true;
-        }
-        i = i.wrapping_add(1);
-        if i < PURE_SPINS {
-            sync::spin_loop();
-        } else {
-            sync::yield_now();
-        }
-        if i % CLOCK_EVERY == 0 {
-            let now = Instant::now();
-            let end = *until.get_or_insert_with(|| {
-                let end = now + budget;
-                deadline.map_or(end, |d| end.min(d))
-            });
-            if now >= end {
-                return done();
-            }
-        }
     }
 }
 

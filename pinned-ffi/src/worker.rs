@@ -25,11 +25,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{self as channel, Receiver, Sender, TryRecvError};
 
 use crate::error::{panic_message, Error, SpawnError, TrySubmitError};
-use crate::mailbox::{Mailboxes, Scanner};
+use crate::lane::{self, Action, Handled, Lane, Owner};
+use crate::mailbox::{Mailboxes, Posted, Scanner};
 use crate::metrics::{Counters, Histogram, MetricsSnapshot, Padded};
-use crate::slot::{spin_until_done, Slot, Ticket};
+use crate::slot::{Slot, Ticket};
+use crate::spin::{spin_until_done, Engaged};
 
 static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// With timings on (the default), one job in this many per calling thread
+/// is timed for the queue-wait and run-time histograms.
+pub const TIMED_ONE_JOB_IN: u32 = 32;
 static OWNERS_STARTED: AtomicU64 = AtomicU64::new(0);
 
 /// Owner threads started by this process so far (spawns and re-inits).
@@ -210,8 +216,9 @@ impl Builder {
         self.owner_spin = spin;
         self
     }
-    /// Whether to time every job for the queue-wait and run-time histograms
-    /// (default on; two clock reads per job).
+    /// Whether to time jobs for the queue-wait and run-time histograms
+    /// (default on). One job in [`TIMED_ONE_JOB_IN`] per calling thread is
+    /// timed, with three clock reads; the others pay nothing.
     ///
     /// ```
     /// let w = pinned_ffi::PinnedWorker::builder().timings(false).spawn(|| Ok::<_, std::io::Error>(()))?;
@@ -272,6 +279,7 @@ impl Builder {
             next_bound: AtomicU64::new(1),
             owner_tid: AtomicU64::new(0),
             sleeping: Padded(AtomicBool::new(false)),
+            queued: Padded(AtomicBool::new(false)),
             owner_thread: Mutex::new(None),
         });
 
@@ -304,6 +312,7 @@ impl Builder {
                 mailboxes: Scanner::new(owner_mailboxes),
                 init: Box::new(move || init().map_err(|e| e.to_string())),
                 panics: VecDeque::new(),
+                engaged: None,
             };
             owner_loop(core, Some(OwnerState::new(first)), None);
         })?;
@@ -360,6 +369,10 @@ struct Shared {
     owner_tid: AtomicU64,
     /// Set by an owner about to park; producers that see it unpark it.
     sleeping: Padded<AtomicBool>,
+    /// Set by queue producers (jobs, `Stop`, releases) after sending:
+    /// the owner's hint to look at its channels, so that its spin reads
+    /// one quiet line instead of both channels' heads and tails.
+    queued: Padded<AtomicBool>,
     owner_thread: Mutex<Option<thread::Thread>>,
 }
 
@@ -390,10 +403,17 @@ impl Shared {
     /// Called by every producer after it published work (a queued message,
     /// a mailbox post, a release): wakes the owner if it is parking.
     fn wake_owner(&self) {
-        // ORDERING: the SeqCst fence pairs with the owner's fence between
-        // setting `sleeping` and its last look for work: either the owner
-        // sees our work, or we see it sleeping and unpark it.
+        // ORDERING: the SeqCst fence pairs with the owner's fences between
+        // clearing `queued` (or setting `sleeping`) and its next look at
+        // the channels: either the owner sees our message, or we see the
+        // hint cleared (and set it) or the owner sleeping (and unpark it).
+        // The Release store publishes the message to the owner's Acquire
+        // load of the hint. Read first: most sends find it set already,
+        // and a read keeps the line shared.
         std::sync::atomic::fence(Ordering::SeqCst);
+        if !self.queued.load(Ordering::Relaxed) {
+            self.queued.store(true, Ordering::Release);
+        }
         if self.sleeping.load(Ordering::Relaxed) {
             if let Some(t) = &*self.owner_thread.lock().unwrap_or_else(|e| e.into_inner()) {
                 t.unpark();
@@ -460,6 +480,10 @@ impl Shared {
         }
     }
 
+    fn has_exited(&self) -> bool {
+        *self.exited.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn mark_exited(&self) {
         *self.exited.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.exit_cv.notify_all();
@@ -512,6 +536,7 @@ impl<S> Drop for OwnerState<S> {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunOutcome {
     Done,
     Cancelled,
@@ -522,8 +547,10 @@ enum RunOutcome {
 /// take `&self` because a borrowed job lives on its caller's stack while
 /// the owner uses it; `f` is touched by one side at a time (see `JobImpl`).
 trait Job<S>: Send {
-    /// Runs it unless cancelled; after this returns the job is not touched.
-    fn run(&self, owner: &mut OwnerState<S>) -> RunOutcome;
+    /// Runs it unless cancelled, calls `tally` with the outcome just before
+    /// the caller can see it, and returns it; after this returns the job is
+    /// not touched.
+    fn run(&self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome;
     /// Completes it with `error` without running it.
     fn reject(&self, error: Error);
     fn enqueued(&self) -> Option<Instant>;
@@ -595,12 +622,13 @@ impl<S, F, R, P: SlotHolder<R>> JobImpl<S, F, R, P> {
 }
 
 impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P> {
-    fn run(&self, owner: &mut OwnerState<S>) -> RunOutcome {
+    fn run(&self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome {
         let slot = self.slot.slot();
         // SAFETY: the owner holds the job now; nobody else touches `f`.
         let f = unsafe { self.take_f() };
         if P::CANCELLABLE && !slot.start() {
             drop(f);
+            tally(RunOutcome::Cancelled);
             return RunOutcome::Cancelled;
         }
         let f = f.expect("job runs once");
@@ -615,6 +643,7 @@ impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P
                 (Err(Error::Panicked(msg)), RunOutcome::Panicked)
             }
         };
+        tally(outcome.1);
         // Last touch of a borrowed job: it may be gone right after.
         slot.complete(outcome.0);
         outcome.1
@@ -659,7 +688,7 @@ struct CacheAligned<T>(T);
 /// while this exists; dropping it unrun rejects the job.
 struct BorrowedJob<S>(JobPtr<S>);
 
-/// The pointer itself, as it travels through a mailbox.
+/// The pointer itself.
 struct JobPtr<S>(NonNull<dyn Job<S>>);
 
 impl<S> Clone for JobPtr<S> {
@@ -681,8 +710,8 @@ impl<S> BorrowedJob<S> {
         unsafe { self.0 .0.as_ref() }
     }
 
-    fn run(self, owner: &mut OwnerState<S>) -> RunOutcome {
-        let outcome = self.job().run(owner);
+    fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome {
+        let outcome = self.job().run(owner, tally);
         std::mem::forget(self); // completed: the job may already be gone
         outcome
     }
@@ -699,21 +728,59 @@ impl<S> Drop for BorrowedJob<S> {
     }
 }
 
+/// A job posted to a caller's mailbox: run in place in its lane (see
+/// [`lane`](crate::lane)). Dropping it unrun rejects it.
+struct PostedJob<S>(Posted<Lane<OwnerState<S>>>);
+
+impl<S> PostedJob<S> {
+    fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome {
+        let outcome = |h: Handled| match h {
+            Handled::Done => RunOutcome::Done,
+            Handled::Panicked => RunOutcome::Panicked,
+            Handled::Rejected => unreachable!("a run is not a rejection"),
+        };
+        let handled = lane::handle(&self.0, Action::Run(owner), |h| tally(outcome(h)));
+        std::mem::forget(self); // answered
+        outcome(handled)
+    }
+
+    fn reject(self, error: Error) {
+        lane::handle(&self.0, Action::Reject(error), |_| ());
+        std::mem::forget(self);
+    }
+
+    fn lane(&self) -> &Lane<OwnerState<S>> {
+        self.0.mailbox().lane()
+    }
+}
+
+impl<S> Drop for PostedJob<S> {
+    fn drop(&mut self) {
+        lane::handle(&self.0, Action::Reject(Error::Shutdown), |_| ());
+    }
+}
+
 fn call_state<S, R, F: FnOnce(&mut S) -> R>(f: F, owner: &mut OwnerState<S>) -> R {
     f(&mut owner.state)
+}
+
+fn call_owner<S, R, G: FnOnce(&mut OwnerState<S>) -> R>(g: G, owner: &mut OwnerState<S>) -> R {
+    g(owner)
 }
 
 enum Msg<S> {
     Job(Box<dyn Job<S>>),
     Borrowed(BorrowedJob<S>),
+    Posted(PostedJob<S>),
     Stop,
 }
 
 impl<S> Msg<S> {
-    fn run(self, owner: &mut OwnerState<S>) -> RunOutcome {
+    fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome {
         match self {
-            Msg::Job(job) => job.run(owner),
-            Msg::Borrowed(job) => job.run(owner),
+            Msg::Job(job) => job.run(owner, tally),
+            Msg::Borrowed(job) => job.run(owner, tally),
+            Msg::Posted(job) => job.run(owner, tally),
             Msg::Stop => unreachable!("Stop is not a job"),
         }
     }
@@ -722,6 +789,7 @@ impl<S> Msg<S> {
         match self {
             Msg::Job(job) => job.reject(error),
             Msg::Borrowed(job) => job.reject(error),
+            Msg::Posted(job) => job.reject(error),
             Msg::Stop => {}
         }
     }
@@ -730,6 +798,7 @@ impl<S> Msg<S> {
         match self {
             Msg::Job(job) => job.enqueued(),
             Msg::Borrowed(job) => job.job().enqueued(),
+            Msg::Posted(job) => job.lane().enqueued(),
             Msg::Stop => None,
         }
     }
@@ -737,9 +806,14 @@ impl<S> Msg<S> {
     /// The span a job runs in: pool, worker index, caller label.
     #[cfg(feature = "tracing")]
     fn span(&self, shared: &Shared) -> tracing::Span {
+        let posted;
         let label = match self {
             Msg::Job(job) => job.label(),
             Msg::Borrowed(job) => job.job().label(),
+            Msg::Posted(job) => {
+                posted = job.lane().label();
+                posted.as_deref()
+            }
             Msg::Stop => None,
         };
         let (pool, index) = match &shared.config.pool {
@@ -762,9 +836,11 @@ struct Core<S> {
     shared: Arc<Shared>,
     rx: Receiver<Msg<S>>,
     releases: Receiver<u64>,
-    mailboxes: Scanner<JobPtr<S>>,
+    mailboxes: Scanner<Lane<OwnerState<S>>>,
     init: Box<dyn FnMut() -> Result<S, String> + Send>,
     panics: VecDeque<Instant>,
+    /// Held while the owner thread is awake (dropped while it parks).
+    engaged: Option<Engaged>,
 }
 
 impl<S: 'static> Core<S> {
@@ -773,36 +849,86 @@ impl<S: 'static> Core<S> {
     /// spins for `owner_spin`, then parks until a producer wakes it.
     fn next(&mut self) -> Event<S> {
         loop {
-            match self.rx.try_recv() {
-                Ok(m) => return Event::Msg(m),
-                Err(TryRecvError::Disconnected) => return Event::Disconnected,
-                Err(TryRecvError::Empty) => {}
+            // ORDERING: Acquire pairs with the producers' Release store of
+            // the hint (see `Shared::wake_owner`).
+            if self.shared.queued.load(Ordering::Acquire) {
+                if let Some(event) = self.poll_queues() {
+                    return event;
+                }
+                // Empty: clear the hint, then look once more, since a
+                // producer that saw the hint still set did not set it.
+                // ORDERING: the fence pairs with `wake_owner`'s.
+                self.shared.queued.store(false, Ordering::Relaxed);
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if let Some(event) = self.poll_queues() {
+                    self.shared.queued.store(true, Ordering::Relaxed);
+                    return event;
+                }
             }
-            if let Ok(id) = self.releases.try_recv() {
-                return Event::Release(id);
+            if let Some(post) = self.mailboxes.take() {
+                return Event::Msg(Msg::Posted(PostedJob(post)));
             }
-            if let Some(job) = self.mailboxes.take() {
-                return Event::Msg(Msg::Borrowed(BorrowedJob(job)));
+            // Spin: a post is taken the moment it is seen (the hot path);
+            // queued work goes round the loop.
+            let mut post = None;
+            let work = spin_until_done(
+                || {
+                    post = self.mailboxes.take();
+                    // ORDERING: a hint; the loop's top reads it with Acquire.
+                    post.is_some() || self.shared.queued.load(Ordering::Relaxed)
+                },
+                self.shared.config.owner_spin,
+                None,
+            );
+            if let Some(post) = post {
+                return Event::Msg(Msg::Posted(PostedJob(post)));
             }
-            let idle = |c: &Self| c.rx.is_empty() && c.releases.is_empty() && !c.mailboxes.pending();
-            if spin_until_done(|| !idle(self), self.shared.config.owner_spin, None) {
+            if work {
                 continue;
             }
+            let idle = |c: &Self| c.rx.is_empty() && c.releases.is_empty() && !c.mailboxes.pending();
             // ORDERING: Relaxed flag + SeqCst fence, paired with the fence
             // in `Shared::wake_owner`: a producer that published after our
             // last look below sees `sleeping` and unparks us.
             self.shared.sleeping.store(true, Ordering::Relaxed);
             std::sync::atomic::fence(Ordering::SeqCst);
             if idle(self) {
+                // An empty, disconnected queue looks empty: ask before
+                // parking (no sender is left to wake us).
+                match self.rx.try_recv() {
+                    Ok(m) => {
+                        self.shared.sleeping.store(false, Ordering::Relaxed);
+                        return Event::Msg(m);
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        self.shared.sleeping.store(false, Ordering::Relaxed);
+                        return Event::Disconnected;
+                    }
+                    Err(TryRecvError::Empty) => {}
+                }
+                self.engaged = None;
                 thread::park();
+                self.engaged = Some(Engaged::new());
             }
             self.shared.sleeping.store(false, Ordering::Relaxed);
+            // Whatever woke us, look at everything once.
+            self.shared.queued.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Takes the next queued message or release, if any.
+    fn poll_queues(&mut self) -> Option<Event<S>> {
+        match self.rx.try_recv() {
+            Ok(m) => return Some(Event::Msg(m)),
+            Err(TryRecvError::Disconnected) => return Some(Event::Disconnected),
+            Err(TryRecvError::Empty) => {}
+        }
+        self.releases.try_recv().ok().map(Event::Release)
     }
 
     /// Takes a job posted to a mailbox, if any.
     fn posted(&mut self) -> Option<Msg<S>> {
-        self.mailboxes.take().map(|job| Msg::Borrowed(BorrowedJob(job)))
+        self.mailboxes.take().map(|post| Msg::Posted(PostedJob(post)))
     }
 
     /// Records a panic; `true` if it trips the breaker.
@@ -845,6 +971,7 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
     let shared = Arc::clone(&core.shared);
     let c = &shared.counters;
     let mut stopping = false;
+    core.engaged.get_or_insert_with(Engaged::new);
     loop {
         let job = match pending.take() {
             Some(job) => job,
@@ -914,14 +1041,18 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
             continue;
         }
         let o = owner.as_mut().expect("checked above");
-        let timings = shared.config.timings;
-        let start = timings.then(Instant::now);
-        if let (Some(s), Some(q)) = (start, job.enqueued()) {
-            shared.queue_wait.record(s.saturating_duration_since(q));
-        }
+        // Only jobs stamped at submission (one in `TIMED_ONE_JOB_IN` per
+        // calling thread) are timed: the clock stays off most hand-offs.
+        let start = job.enqueued().map(|q| {
+            let now = Instant::now();
+            shared.queue_wait.record(now.saturating_duration_since(q));
+            now
+        });
         #[cfg(feature = "tracing")]
         let _span = job.span(&shared).entered();
-        match job.run(o) {
+        // Counted before the caller sees the outcome, so a caller that
+        // reads the metrics right after finds its job in them.
+        let mut tally = |outcome| match outcome {
             RunOutcome::Done => {
                 Counters::bump(&c.completed);
                 if let Some(s) = start {
@@ -931,6 +1062,15 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
             RunOutcome::Cancelled => Counters::bump(&c.cancelled),
             RunOutcome::Panicked => {
                 Counters::bump(&c.panicked);
+                if shared.config.panic_policy == PanicPolicy::Stop {
+                    shared.stopped.store(true, Ordering::Release);
+                    shared.closed.store(true, Ordering::SeqCst);
+                }
+            }
+        };
+        match job.run(o, &mut tally) {
+            RunOutcome::Done | RunOutcome::Cancelled => {}
+            RunOutcome::Panicked => {
                 if core.breaker_trips() {
                     continue; // state stays until the cooldown's re-init
                 }
@@ -943,10 +1083,7 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
                             Err(back) => core = back.0,
                         }
                     }
-                    PanicPolicy::Stop => {
-                        shared.stopped.store(true, Ordering::Release);
-                        shared.closed.store(true, Ordering::SeqCst);
-                    }
+                    PanicPolicy::Stop => {} // stopped in `tally`
                 }
             }
         }
@@ -960,13 +1097,18 @@ fn owner_loop<S: 'static>(mut core: Core<S>, mut owner: Option<OwnerState<S>>, m
 }
 
 /// Refuses further intake and gives every job still queued or posted an
-/// outcome. Producers already past the intake check are waited for (a
-/// blocked sender is unblocked by the draining), so none can post after the
-/// last look.
+/// outcome. Queue producers already past the intake check are waited for
+/// (a blocked sender is unblocked by the draining), so none can send after
+/// the last look. A mailbox post that lands after the last look was
+/// published after `closed` was set, so its poster sees `closed` when it
+/// checks (`Owner::taking`), waits for this thread's exit and takes its job
+/// back.
 fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
     let shared = Arc::clone(&core.shared);
-    // ORDERING: see `PinnedWorker::enter`.
+    // ORDERING: see `PinnedWorker::enter`; the fence orders the store
+    // before the mailbox scans below (see `Owner::taking`).
     shared.closed.store(true, Ordering::SeqCst);
+    std::sync::atomic::fence(Ordering::SeqCst);
     loop {
         let idle = shared.inflight.load(Ordering::SeqCst) == 0;
         while let Ok(msg) = core.rx.try_recv() {
@@ -1051,6 +1193,29 @@ fn respawn<S: 'static>(core: Core<S>, pending: Option<Msg<S>>) -> Result<(), Box
     }
 }
 
+/// What a caller posting to a mailbox needs to know of the owner.
+impl Owner for Shared {
+    fn posted(&self) {
+        self.wake_owner_after_post();
+    }
+
+    fn taking(&self) -> bool {
+        // ORDERING: SeqCst after the post's SeqCst publish, paired with
+        // `drain_rejecting`'s SeqCst store and fence before its scans:
+        // if this reads false the store comes later in the single order,
+        // so those scans see the post.
+        !self.closed.load(Ordering::SeqCst)
+    }
+
+    fn exited(&self) -> bool {
+        self.has_exited()
+    }
+
+    fn refusal(&self) -> Error {
+        Shared::refusal(self)
+    }
+}
+
 /// A producer in flight (see `PinnedWorker::enter`).
 struct InFlight<'a>(&'a Shared);
 
@@ -1091,7 +1256,7 @@ pub struct PinnedWorker<S> {
     shared: Arc<Shared>,
     tx: Sender<Msg<S>>,
     releases: Sender<u64>,
-    mailboxes: Arc<Mailboxes<JobPtr<S>>>,
+    mailboxes: Arc<Mailboxes<Lane<OwnerState<S>>>>,
     _state: PhantomData<fn() -> S>,
 }
 
@@ -1124,6 +1289,18 @@ impl<S: 'static> PinnedWorker<S> {
         Builder::default().spawn(init)
     }
 
+    /// The error a new job would get now, if any (closed, stopped, broken).
+    fn refuses(&self) -> Result<(), Error> {
+        // ORDERING: SeqCst, as in `enter`; see `Owner::taking` for posts.
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(self.shared.refusal());
+        }
+        match self.shared.broken_now() {
+            Some(reason) => Err(Error::Broken(reason)),
+            None => Ok(()),
+        }
+    }
+
     /// Admits one producer: counts it in flight and checks that the worker
     /// takes work. The guard ends the flight when dropped.
     fn enter(&self) -> Result<InFlight<'_>, Error> {
@@ -1132,12 +1309,7 @@ impl<S: 'static> PinnedWorker<S> {
         // this sees `closed`: no job slips in after the owner's last look.
         self.shared.inflight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(&self.shared);
-        if self.shared.closed.load(Ordering::SeqCst) {
-            return Err(self.shared.refusal());
-        }
-        if let Some(reason) = self.shared.broken_now() {
-            return Err(Error::Broken(reason));
-        }
+        self.refuses()?;
         Ok(guard)
     }
 
@@ -1177,25 +1349,11 @@ impl<S: 'static> PinnedWorker<S> {
         }
     }
 
-    /// The fast lane for a blocking caller: posts the job in this thread's
-    /// mailbox for this worker. `Ok(false)`: not posted (use the queue).
-    fn post(&self, job: JobPtr<S>) -> Result<bool, Error> {
-        let _flight = self.enter()?;
-        // SAFETY: this thread's previous job on this worker has completed
-        // (`run` waits for completion before it returns), so the owner has
-        // taken it; the key is this worker's, whose mailboxes hold JobPtr<S>.
-        let posted = unsafe { self.mailboxes.post(self.shared.id, job) };
-        if posted {
-            self.shared.wake_owner_after_post();
-        }
-        Ok(posted)
-    }
-
     /// When to stamp a job for the latency histograms: every
-    /// `TIMING_SAMPLE`-th job per calling thread, so the clock is read on
-    /// few hand-offs (a read costs tens of ns on a VM).
+    /// [`TIMED_ONE_JOB_IN`]-th job per calling thread, so the clock is read
+    /// on few hand-offs (a read costs tens of ns on a VM, as much as the
+    /// hand-off itself).
     fn stamp(&self) -> Option<Instant> {
-        const TIMING_SAMPLE: u32 = 8;
         thread_local! {
             static N: Cell<u32> = const { Cell::new(0) };
         }
@@ -1207,7 +1365,7 @@ impl<S: 'static> PinnedWorker<S> {
             n.set(v);
             v
         });
-        (n % TIMING_SAMPLE == 0).then(Instant::now)
+        (n % TIMED_ONE_JOB_IN == 0).then(Instant::now)
     }
 
     /// Runs `f` on the owner thread and waits for its result. `f` may
@@ -1230,29 +1388,70 @@ impl<S: 'static> PinnedWorker<S> {
         F: FnOnce(&mut S) -> R + Send + 'a,
         R: Send + 'a,
     {
-        self.run_owner(f, call_state::<S, R, F>)
+        self.run_owner(move |o: &mut OwnerState<S>| f(&mut o.state))
     }
 
-    fn run_owner<'a, F, R>(&self, f: F, call: fn(F, &mut OwnerState<S>) -> R) -> Result<R, Error>
+    /// Runs `g` on the owner thread and waits: through this thread's
+    /// mailbox when nothing is queued (so the job cannot overtake one this
+    /// thread queued before), through the queue otherwise.
+    fn run_owner<'a, G, R>(&self, g: G) -> Result<R, Error>
     where
-        F: Send + 'a,
+        G: FnOnce(&mut OwnerState<S>) -> R + Send + 'a,
         R: Send + 'a,
     {
         if owner_of_current_thread() == Some(self.shared.id) {
             return Err(Error::Reentrant);
         }
+        if self.tx.is_empty() {
+            // Posts are not counted in flight (two locked RMWs on a line
+            // every caller writes); `Owner::taking` covers a close instead.
+            self.refuses()?;
+            let shared = &self.shared;
+            // SAFETY: the key is this worker's id, used with this registry
+            // only.
+            let mine = unsafe {
+                self.mailboxes
+                    .mine(shared.id, || Lane::new(crate::sync::current()))
+            };
+            if let Some(mailbox) = mine {
+                // SAFETY: the mailbox stays valid until this thread exits or
+                // the registry (held by `self`) is dropped: neither happens
+                // during this call.
+                let mailbox = unsafe { mailbox.as_ref() };
+                let stamp = self.stamp();
+                // SAFETY: this thread's own mailbox for this worker, and no
+                // post is outstanding: every call waits for its answer and
+                // the owner thread never posts to its own worker (checked
+                // above). The owner keeps `Owner`'s word: it takes posts
+                // until it exits, and its exit path (`drain_rejecting`)
+                // closes, fences and scans once more.
+                return unsafe { Lane::call(mailbox, g, stamp, shared.config.spin, &**shared) };
+            }
+        }
+        self.run_queued(g)
+    }
+
+    /// `run_owner` through the queue: the job stays on this stack and the
+    /// queue carries a pointer to it.
+    fn run_queued<'a, G, R>(&self, g: G) -> Result<R, Error>
+    where
+        G: FnOnce(&mut OwnerState<S>) -> R + Send + 'a,
+        R: Send + 'a,
+    {
         // Aligned to its own cache lines: the owner writes the slot while
         // this thread spins, and must not share a line with our stack.
-        let job = CacheAligned(JobImpl::new(f, call, Slot::new(self.shared.id), self.stamp()));
+        let job = CacheAligned(JobImpl::new(
+            g,
+            call_owner::<S, R, G>,
+            Slot::new(self.shared.id),
+            self.stamp(),
+        ));
         let ptr: NonNull<dyn Job<S> + 'a> = NonNull::from(&job.0);
         // SAFETY: only the lifetime is erased; the type is unchanged. The
         // job lives on this stack frame and may borrow the caller's stack
         // for 'a, so the owner must be done with it before we return; it is:
         // - if enqueue refuses, the message comes back and its drop rejects
-        //   the job right here; if `post` refuses, nothing was posted;
-        // - a job posted to our mailbox is taken by the owner, or, if the
-        //   owner exits first, rejected by its exit path (which waits for
-        //   every producer in flight, then empties the mailboxes);
+        //   the job right here;
         // - otherwise we wait below until the slot is complete, which the
         //   owner (or the channel's teardown, via BorrowedJob's drop) does
         //   as its last touch of the job, after the closure was consumed
@@ -1264,17 +1463,12 @@ impl<S: 'static> PinnedWorker<S> {
         // scope does.
         let ptr =
             JobPtr::<S>(unsafe { std::mem::transmute::<NonNull<dyn Job<S> + 'a>, NonNull<dyn Job<S>>>(ptr) });
-        // The mailbox when nothing is queued (so this job cannot overtake
-        // one this thread queued before); the queue otherwise.
-        let posted = self.tx.is_empty() && self.post(ptr)?;
-        if !posted {
-            if let Err((msg, why)) = self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
-                drop(msg);
-                return Err(match why {
-                    Refused::Err(e) => e,
-                    Refused::Full => Error::Reentrant,
-                });
-            }
+        if let Err((msg, why)) = self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
+            drop(msg);
+            return Err(match why {
+                Refused::Err(e) => e,
+                Refused::Full => Error::Reentrant,
+            });
         }
         job.0.slot.wait(self.shared.config.spin)
     }
@@ -1438,14 +1632,11 @@ impl<S: 'static> PinnedWorker<S> {
         F: FnOnce(&mut S) -> Result<T, E> + Send,
     {
         let id = self.shared.next_bound.fetch_add(1, Ordering::Relaxed);
-        let made = self.run_owner(
-            (make, id),
-            |(make, id): (F, u64), o: &mut OwnerState<S>| -> Result<(), E> {
-                let value = make(&mut o.state)?;
-                o.bound.insert(id, Box::new(value));
-                Ok(())
-            },
-        )?;
+        let made = self.run_owner(move |o: &mut OwnerState<S>| -> Result<(), E> {
+            let value = make(&mut o.state)?;
+            o.bound.insert(id, Box::new(value));
+            Ok(())
+        })?;
         Ok(made.map(|()| Bound {
             id,
             worker: self.shared.id,
@@ -1478,7 +1669,8 @@ impl<S: 'static> PinnedWorker<S> {
         if bound.worker != self.shared.id {
             return Err(Error::StaleHandle);
         }
-        self.run_owner((f, bound.id), |(f, id): (F, u64), o: &mut OwnerState<S>| {
+        let id = bound.id;
+        self.run_owner(move |o: &mut OwnerState<S>| {
             let value = o
                 .bound
                 .get_mut(&id)
@@ -1603,6 +1795,7 @@ impl<S> Drop for PinnedWorker<S> {
             // finish the queue; nobody can join it from here.
             self.shared.closed.store(true, Ordering::SeqCst);
             let _ = self.tx.try_send(Msg::Stop);
+            self.shared.wake_owner();
             return;
         }
         close_shared(&self.shared, &self.tx, None);

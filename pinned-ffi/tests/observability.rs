@@ -142,7 +142,9 @@ fn snapshots_export_through_the_metrics_facade() {
         .name("hsm")
         .spawn(|_| Ok::<_, std::io::Error>(()))
         .unwrap();
-    for _ in 0..16 {
+    // Enough jobs for timed samples (one in TIMED_ONE_JOB_IN per thread).
+    let jobs = 2 * u64::from(pinned_ffi::TIMED_ONE_JOB_IN);
+    for _ in 0..jobs {
         pool.run(|_| std::thread::sleep(std::time::Duration::from_micros(100)))
             .unwrap();
     }
@@ -150,9 +152,12 @@ fn snapshots_export_through_the_metrics_facade() {
     let recorder = Last::default();
     metrics::with_local_recorder(&recorder, || pool.worker(0).metrics().export());
     let got = recorder.0.lock().unwrap().clone();
-    assert_eq!(got["pinned_ffi_jobs_completed_total{worker=hsm-0}"], 16.0);
+    assert_eq!(got["pinned_ffi_jobs_completed_total{worker=hsm-0}"], jobs as f64);
     assert_eq!(got["pinned_ffi_jobs_panicked_total{worker=hsm-0}"], 1.0);
-    assert_eq!(got["pinned_ffi_jobs_submitted_total{worker=hsm-0}"], 17.0);
+    assert_eq!(
+        got["pinned_ffi_jobs_submitted_total{worker=hsm-0}"],
+        jobs as f64 + 1.0
+    );
     assert_eq!(got["pinned_ffi_queue_depth{worker=hsm-0}"], 0.0);
     assert!(
         got["pinned_ffi_run_seconds{quantile=0.5,worker=hsm-0}"] >= 100e-6,

@@ -1,0 +1,723 @@
+//! The lane: a blocking caller's job, carried to the owner inside the
+//! caller's own mailbox line, and the answer, written back into that line.
+//!
+//! Between two cores, a hand-off costs cache-line transfers, and nothing
+//! else comes close (tens of nanoseconds each on a VM). Posting a pointer
+//! to a job that lives elsewhere costs at least three: the owner reads the
+//! mailbox, then the job it points to, and the caller reads the result
+//! where the owner wrote it. A lane carries a small job *in* the mailbox
+//! line: the owner's one read brings the closure along; it writes the
+//! result over the closure's bytes and the answer word beside them; the
+//! caller's one read brings both back. That is the two transfers of a spin
+//! ping-pong, the hardware's floor for a round trip.
+//!
+//! A job whose closure or result does not fit the payload goes by
+//! reference: the lane carries pointers to the closure and to the result's
+//! place in the caller's frame, and the protocol is the same.
+//!
+//! The answer word is `post << 3 | WAITING | status`. The owner swaps it in
+//! with one read-modify-write; a caller that has spun out sets `WAITING`
+//! with one read-modify-write and parks. The two RMWs on one word are
+//! totally ordered, so either the caller sees the answer or the owner sees
+//! `WAITING` and unparks it: no wake-up is lost.
+
+use std::mem::{align_of, size_of, MaybeUninit};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::error::{panic_message, Error};
+use crate::mailbox::{Mailbox, Posted};
+use crate::spin::spin_until_done;
+use crate::sync::{self, AtomicU32, Thread, UnsafeCell};
+
+const PAYLOAD_WORDS: usize = 5;
+/// Bytes a closure, and separately its result, may take to travel inline.
+pub(crate) const PAYLOAD: usize = PAYLOAD_WORDS * 8;
+
+/// Answer status: the result is in the payload (or the caller's frame).
+const OK: u32 = 1;
+/// Answer status: the error is in `error`.
+const ERR: u32 = 2;
+/// Set by a caller about to park: the owner must unpark it.
+const WAITING: u32 = 4;
+const TAG_SHIFT: u32 = 3;
+const FLAGS: u32 = (1 << TAG_SHIFT) - 1;
+
+/// The answer tag of a post. Truncated to 29 bits: a caller only ever
+/// compares it with its latest post, and the word always holds the
+/// previous one's answer, so the two never collide.
+fn tag(post: u64) -> u32 {
+    (post << TAG_SHIFT) as u32
+}
+
+/// What the owner does with a post.
+pub(crate) enum Action<'a, O> {
+    /// Run the job with the owner's state.
+    Run(&'a mut O),
+    /// Drop the job unrun and answer with this error.
+    Reject(Error),
+}
+
+/// How handling a post went, for the owner's bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handled {
+    Done,
+    Panicked,
+    Rejected,
+}
+
+/// The poster's view of the owner, for [`Lane::call`].
+pub(crate) trait Owner {
+    /// Called right after a post is published: wakes the owner if it
+    /// sleeps. Must not unwind.
+    fn posted(&self);
+    /// Whether the owner is still certain to take every post published
+    /// before this call. Read after publishing, with a SeqCst load that
+    /// pairs with the owner's SeqCst close-and-fence before its last scan:
+    /// either that scan sees the post, or this sees the owner closing.
+    fn taking(&self) -> bool;
+    /// Whether the owner has exited: it answered every post it took and
+    /// will take no more.
+    fn exited(&self) -> bool;
+    /// The error for a post the owner never took.
+    fn refusal(&self) -> Error;
+}
+
+/// Runs or rejects the job in a lane; monomorphised for its closure and
+/// result types, and chosen by the caller who knows them.
+type Handler<O> = unsafe fn(&Lane<O>, Action<'_, O>) -> Handled;
+
+/// A mailbox's cargo. `repr(C)`: the first four fields follow the mailbox's
+/// sequence number on its first cache line; the rest is touched only for
+/// sampled timings, labels, errors and parking.
+#[repr(C)]
+pub(crate) struct Lane<O> {
+    /// Written by the owner (the answer) and by a parking caller (WAITING).
+    answer: AtomicU32,
+    /// Whether `enqueued` holds this post's submission time.
+    stamped: UnsafeCell<bool>,
+    handler: UnsafeCell<Option<Handler<O>>>,
+    /// The closure going in; the result (or pointers to both) coming out.
+    payload: UnsafeCell<MaybeUninit<[u64; PAYLOAD_WORDS]>>,
+    /// The thread that owns this mailbox: the only one that ever parks on it.
+    poster: Thread,
+    error: UnsafeCell<Option<Error>>,
+    enqueued: UnsafeCell<Option<Instant>>,
+    #[cfg(feature = "tracing")]
+    label: UnsafeCell<Option<std::sync::Arc<str>>>,
+}
+
+// SAFETY: the cells are never accessed from two threads at once. The poster
+// writes `stamped`, `handler`, `payload`, `enqueued` and `label` only while
+// it has no post outstanding, and publishes them with the mailbox's
+// sequence number (Release/Acquire); the owner touches them, and writes
+// `error`, only between taking a post and answering it; the poster reads
+// the payload and `error` only after seeing the answer (Acquire, paired
+// with the owner's Release). What crosses threads is a `Send` closure and
+// its `Send` result (enforced by `call`'s bounds) and an `Error`. `O` only
+// appears in the handler's signature: no `O` is stored.
+unsafe impl<O> Sync for Lane<O> {}
+
+/// Whether a closure `G` and its result `R` both fit the payload.
+const fn fits<G, R>() -> bool {
+    size_of::<G>() <= PAYLOAD && align_of::<G>() <= 8 && size_of::<R>() <= PAYLOAD && align_of::<R>() <= 8
+}
+
+impl<O> Lane<O> {
+    /// An empty lane for the thread `poster`.
+    pub(crate) fn new(poster: Thread) -> Self {
+        Lane {
+            answer: AtomicU32::new(0),
+            stamped: UnsafeCell::new(false),
+            handler: UnsafeCell::new(None),
+            payload: UnsafeCell::new(MaybeUninit::uninit()),
+            poster,
+            error: UnsafeCell::new(None),
+            enqueued: UnsafeCell::new(None),
+            #[cfg(feature = "tracing")]
+            label: UnsafeCell::new(None),
+        }
+    }
+
+    /// Poster: runs `g` on the owner through `mailbox` and waits for the
+    /// outcome: spinning for up to `spin`, then parking. If the owner is
+    /// closing and never takes the post, `g` is dropped here and the
+    /// owner's refusal returned.
+    ///
+    /// # Safety
+    /// `mailbox` belongs to the calling thread (it is the lane's `poster`)
+    /// and has no post outstanding, which holds when each call waits for
+    /// its answer, as this one does. `owner` is the mailbox's owner and
+    /// keeps its word: while [`Owner::taking`] it answers every post it
+    /// sees (runs or rejects it), and it scans once more after it stops.
+    pub(crate) unsafe fn call<G, R>(
+        mailbox: &Mailbox<Lane<O>>,
+        g: G,
+        stamp: Option<Instant>,
+        spin: Duration,
+        owner: &impl Owner,
+    ) -> Result<R, Error>
+    where
+        G: FnOnce(&mut O) -> R + Send,
+        R: Send,
+    {
+        let lane = mailbox.lane();
+        if fits::<G, R>() {
+            // SAFETY: no post outstanding, so the owner is not touching the
+            // payload; `fits` checked size and alignment (the payload is
+            // 8-aligned).
+            lane.payload.with_mut(|p| unsafe { p.cast::<G>().write(g) });
+            // SAFETY: as above; the handler matches what the payload holds.
+            unsafe { lane.load(handle_inline::<O, G, R>, stamp) };
+            match lane.post_and_wait(mailbox, spin, owner) {
+                // SAFETY: OK means the owner wrote an R over the closure and
+                // is done with the payload (answer seen with Acquire).
+                Answer::Ok => Ok(lane.payload.with_mut(|p| unsafe { p.cast::<R>().read() })),
+                Answer::Err => Err(lane.take_error()),
+                Answer::Untaken => {
+                    // SAFETY: the owner exited without taking the post, so
+                    // the closure is still in the payload and is ours.
+                    lane.payload.with_mut(|p| drop(unsafe { p.cast::<G>().read() }));
+                    Err(owner.refusal())
+                }
+            }
+        } else {
+            let mut g = Some(g);
+            let mut r = MaybeUninit::<R>::uninit();
+            let refs: (*mut Option<G>, *mut MaybeUninit<R>) = (&mut g, &mut r);
+            // SAFETY: as above; two pointers fit the payload. They point
+            // into this frame, which outlives the post: we return only after
+            // the answer, and nothing between here and there can unwind.
+            lane.payload
+                .with_mut(|p| unsafe { p.cast::<(*mut Option<G>, *mut MaybeUninit<R>)>().write(refs) });
+            // SAFETY: the handler matches what the payload holds.
+            unsafe { lane.load(handle_by_ref::<O, G, R>, stamp) };
+            match lane.post_and_wait(mailbox, spin, owner) {
+                // SAFETY: OK means the owner wrote the result (and is done).
+                Answer::Ok => Ok(unsafe { r.assume_init() }),
+                Answer::Err => Err(lane.take_error()),
+                // The closure, never taken, is still in `g`: dropped here.
+                Answer::Untaken => Err(owner.refusal()),
+            }
+        }
+    }
+
+    /// Poster: sets what the owner needs besides the payload.
+    ///
+    /// # Safety
+    /// No post outstanding (see `call`); `handler` matches the payload.
+    unsafe fn load(&self, handler: Handler<O>, stamp: Option<Instant>) {
+        // SAFETY: by the caller's contract the owner does not touch these
+        // until the next post is published.
+        self.handler.with_mut(|h| unsafe { *h = Some(handler) });
+        // SAFETY: as above.
+        self.stamped.with_mut(|s| unsafe { *s = stamp.is_some() });
+        if stamp.is_some() {
+            // SAFETY: as above.
+            self.enqueued.with_mut(|e| unsafe { *e = stamp });
+        }
+        #[cfg(feature = "tracing")]
+        // SAFETY: as above.
+        self.label.with_mut(|l| unsafe { *l = crate::labels::current() });
+    }
+
+    /// Poster: publishes the loaded post and waits for its answer.
+    fn post_and_wait(&self, mailbox: &Mailbox<Lane<O>>, spin: Duration, owner: &impl Owner) -> Answer {
+        let post = mailbox.publish();
+        owner.posted();
+        let want = tag(post);
+        let answered = |a: u32| a & !FLAGS == want;
+        if !owner.taking() {
+            // Closing: the owner's last scan may have missed the post. Wait
+            // for the answer or for the owner to be gone, whichever first.
+            loop {
+                // ORDERING: as in the spin below.
+                if answered(self.answer.load(Ordering::Acquire)) {
+                    break;
+                }
+                if owner.exited() {
+                    // ORDERING: the exit happens after the owner's last
+                    // answer (published by the exit's lock), so a re-read
+                    // is final.
+                    if answered(self.answer.load(Ordering::Acquire)) {
+                        break;
+                    }
+                    return Answer::Untaken;
+                }
+                sync::park_timeout(Duration::from_micros(100));
+            }
+        }
+        // ORDERING: Acquire pairs with the owner's Release in `handle`, so
+        // the result written before the answer is visible.
+        if !spin_until_done(|| answered(self.answer.load(Ordering::Acquire)), spin, None) {
+            // ORDERING: AcqRel RMW on the answer word: if the owner's swap
+            // came first we see the answer (and its writes); otherwise its
+            // swap comes after and sees WAITING.
+            let prev = self.answer.fetch_or(WAITING, Ordering::AcqRel);
+            if !answered(prev) {
+                // Woken by the owner's unpark (or spuriously: check again).
+                loop {
+                    sync::park();
+                    // ORDERING: as in the spin above.
+                    if answered(self.answer.load(Ordering::Acquire)) {
+                        break;
+                    }
+                }
+            }
+            // The owner is done with the word until the next post: drop
+            // the WAITING bit so that post's answer does not unpark us.
+            // ORDERING: the next post's SeqCst publish orders this first.
+            self.answer.fetch_and(!WAITING, Ordering::Relaxed);
+        }
+        // ORDERING: Acquire, as above (a re-read of a value already seen).
+        if self.answer.load(Ordering::Acquire) & OK != 0 {
+            Answer::Ok
+        } else {
+            Answer::Err
+        }
+    }
+
+    /// Poster, after an ERR answer: the error the owner left.
+    fn take_error(&self) -> Error {
+        // SAFETY: after the answer the owner no longer touches `error`.
+        self.error
+            .with_mut(|e| unsafe { (*e).take() })
+            .expect("an ERR answer always leaves an error")
+    }
+
+    /// Owner: the submission time of the post being handled, if sampled.
+    pub(crate) fn enqueued(&self) -> Option<Instant> {
+        // SAFETY: the owner reads these between taking the post and
+        // answering it, when the poster does not write them.
+        if self.stamped.with_mut(|s| unsafe { *s }) {
+            // SAFETY: as above.
+            self.enqueued.with_mut(|e| unsafe { *e })
+        } else {
+            None
+        }
+    }
+
+    /// Owner: the label of the post being handled.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn label(&self) -> Option<std::sync::Arc<str>> {
+        // SAFETY: as in `enqueued`.
+        self.label.with_mut(|l| unsafe { (*l).clone() })
+    }
+
+    /// Owner: leaves `error` for the poster (answered ERR).
+    fn set_error(&self, error: Error) {
+        // SAFETY: the owner writes `error` before answering; the poster
+        // reads it only after the answer.
+        self.error.with_mut(|e| unsafe { *e = Some(error) });
+    }
+}
+
+/// How a post ended, seen by its poster.
+enum Answer {
+    /// The result is in the payload (or the poster's frame).
+    Ok,
+    /// The error is in `error`.
+    Err,
+    /// The owner exited without taking the post: the closure is untouched.
+    Untaken,
+}
+
+/// Owner: handles a post: runs or rejects its job, leaves the outcome in
+/// the lane, calls `before_answer` with it, and answers (unparking the
+/// poster if it waits). After this returns the job is gone; the lane itself
+/// stays (its mailbox outlives the post).
+pub(crate) fn handle<O>(
+    posted: &Posted<Lane<O>>,
+    action: Action<'_, O>,
+    before_answer: impl FnOnce(Handled),
+) -> Handled {
+    let lane = posted.mailbox().lane();
+    // SAFETY: the poster loaded the handler before publishing this post
+    // (seen with Acquire by the scanner) and does not touch it until the
+    // answer.
+    let handler = lane
+        .handler
+        .with_mut(|h| unsafe { *h })
+        .expect("a post always carries a handler");
+    // SAFETY: the handler was loaded together with a payload of its types,
+    // and this post is unanswered, so the payload is ours.
+    let handled = unsafe { handler(lane, action) };
+    before_answer(handled);
+    let status = if handled == Handled::Done { OK } else { ERR };
+    // ORDERING: Release publishes the result or error to the poster's
+    // Acquire; Acquire (and the RMW) make a WAITING set before this visible.
+    let prev = lane.answer.swap(tag(posted.seq()) | status, Ordering::AcqRel);
+    if prev & WAITING != 0 {
+        lane.poster.unpark();
+    }
+    handled
+}
+
+/// Runs (or drops) the closure of a post, catching a panic.
+fn run_or_reject<O, G, R>(g: G, action: Action<'_, O>, lane: &Lane<O>) -> Option<R>
+where
+    G: FnOnce(&mut O) -> R,
+{
+    match action {
+        Action::Run(o) => match panic::catch_unwind(AssertUnwindSafe(|| g(o))) {
+            Ok(r) => Some(r),
+            Err(payload) => {
+                let msg = panic_message(&*payload);
+                drop(payload);
+                lane.set_error(Error::Panicked(msg));
+                None
+            }
+        },
+        Action::Reject(error) => {
+            // A panicking destructor must not leave the poster unanswered.
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(g)));
+            lane.set_error(error);
+            None
+        }
+    }
+}
+
+/// The handler for a closure and result carried in the payload.
+///
+/// # Safety
+/// The payload holds a `G` written by the poster for this unanswered post.
+unsafe fn handle_inline<O, G, R>(lane: &Lane<O>, action: Action<'_, O>) -> Handled
+where
+    G: FnOnce(&mut O) -> R,
+{
+    let rejecting = matches!(action, Action::Reject(_));
+    // SAFETY: by the contract; moved out once, so the bytes may be reused.
+    let g = lane.payload.with_mut(|p| unsafe { p.cast::<G>().read() });
+    match run_or_reject(g, action, lane) {
+        Some(r) => {
+            // SAFETY: the closure was moved out; `fits` checked that R fits.
+            lane.payload.with_mut(|p| unsafe { p.cast::<R>().write(r) });
+            Handled::Done
+        }
+        None if rejecting => Handled::Rejected,
+        None => Handled::Panicked,
+    }
+}
+
+/// The handler for a closure and result in the poster's frame.
+///
+/// # Safety
+/// The payload holds pointers, written by the poster for this unanswered
+/// post, to a `Some(G)` and to room for an `R`, both alive until the answer.
+unsafe fn handle_by_ref<O, G, R>(lane: &Lane<O>, action: Action<'_, O>) -> Handled
+where
+    G: FnOnce(&mut O) -> R,
+{
+    let rejecting = matches!(action, Action::Reject(_));
+    // SAFETY: by the contract.
+    let (g, r) = lane
+        .payload
+        .with_mut(|p| unsafe { p.cast::<(*mut Option<G>, *mut MaybeUninit<R>)>().read() });
+    // SAFETY: the poster does not touch its closure until the answer.
+    let g = unsafe { (*g).take() }.expect("a post's closure is taken once");
+    match run_or_reject(g, action, lane) {
+        Some(value) => {
+            // SAFETY: the result's room is alive and untouched until the
+            // answer.
+            unsafe { (*r).write(value) };
+            Handled::Done
+        }
+        None if rejecting => Handled::Rejected,
+        None => Handled::Panicked,
+    }
+}
+
+/// An owner that takes every post (protocol tests).
+#[cfg(test)]
+struct Open;
+
+#[cfg(test)]
+impl Owner for Open {
+    fn posted(&self) {}
+    fn taking(&self) -> bool {
+        true
+    }
+    fn exited(&self) -> bool {
+        false
+    }
+    fn refusal(&self) -> Error {
+        Error::Closed
+    }
+}
+
+#[cfg(all(test, not(pinned_loom)))]
+mod tests {
+    use super::*;
+    use crate::mailbox::Mailboxes;
+    use std::sync::Arc;
+
+    type Mb = Mailbox<Lane<u64>>;
+
+    #[test]
+    fn the_hot_part_of_a_lane_shares_the_mailbox_sequence_numbers_cache_line() {
+        let registry = Mailboxes::<Lane<u64>>::new();
+        // SAFETY: key 1 is this registry's only key.
+        let mb = unsafe { registry.mine(1, || Lane::new(std::thread::current())) }.unwrap();
+        // SAFETY: this thread's own mailbox, alive while `registry` is.
+        let mb = unsafe { mb.as_ref() };
+        let start = mb as *const Mb as usize;
+        let payload_end = mb.lane().payload.with_mut(|p| p as usize) + PAYLOAD;
+        assert_eq!(start % 128, 0, "mailboxes start on a cache-line pair");
+        assert!(
+            payload_end - start <= 64,
+            "payload ends {} bytes in",
+            payload_end - start
+        );
+    }
+
+    #[test]
+    fn what_fits_inline() {
+        assert!(fits::<&u64, Result<u64, crate::AffError>>());
+        assert!(fits::<[u64; 5], ()>());
+        assert!(!fits::<[u64; 6], ()>());
+        assert!(!fits::<(), [u8; 41]>());
+    }
+
+    /// An owner thread that handles `posts` posts to `mb`: runs them, or
+    /// rejects them all when `reject`. Returns its state.
+    fn serve(mb: Arc<Mb>, posts: u64, reject: bool) -> std::thread::JoinHandle<u64> {
+        std::thread::spawn(move || {
+            let (mut seen, mut state, mut handled) = (0, 0u64, 0);
+            while handled < posts {
+                match mb.take_for_test(&mut seen) {
+                    Some(p) => {
+                        let action = if reject {
+                            Action::Reject(Error::Shutdown)
+                        } else {
+                            Action::Run(&mut state)
+                        };
+                        handle(&p, action, |_| ());
+                        handled += 1;
+                    }
+                    None => std::hint::spin_loop(),
+                }
+            }
+            state
+        })
+    }
+
+    fn lane_for_this_thread() -> Arc<Mb> {
+        Arc::new(Mb::for_test(Lane::new(std::thread::current())))
+    }
+
+    #[test]
+    fn small_and_large_jobs_panics_and_rejections_all_come_back() {
+        let mb = lane_for_this_thread();
+        let owner = serve(Arc::clone(&mb), 4, false);
+        let big = [3u64; 8]; // too big for the payload: goes by reference
+                             // SAFETY: this thread is the lane's poster, and each call waits for
+                             // its answer before the next.
+        let small = unsafe {
+            Lane::call(
+                &mb,
+                |s: &mut u64| {
+                    *s += 1;
+                    *s
+                },
+                None,
+                Duration::ZERO,
+                &Open,
+            )
+        };
+        assert_eq!(small, Ok(1));
+        // SAFETY: as above.
+        let large = unsafe {
+            Lane::call(
+                &mb,
+                move |s: &mut u64| {
+                    *s += big[0];
+                    [*s; 7]
+                },
+                None,
+                Duration::ZERO,
+                &Open,
+            )
+        };
+        assert_eq!(large, Ok([4; 7]));
+        let boom = |_: &mut u64| -> u8 { panic!("boom") };
+        // SAFETY: as above.
+        let panicked = unsafe { Lane::call(&mb, boom, None, Duration::from_micros(50), &Open) };
+        assert_eq!(panicked, Err(Error::Panicked("boom".into())));
+        // SAFETY: as above.
+        let timed = unsafe {
+            Lane::call(
+                &mb,
+                |s: &mut u64| *s,
+                Some(Instant::now()),
+                Duration::from_micros(50),
+                &Open,
+            )
+        };
+        assert_eq!(timed, Ok(4));
+        assert_eq!(owner.join().unwrap(), 4);
+
+        let token = Arc::new(());
+        let owner = serve(Arc::clone(&mb), 2, true);
+        let held = Arc::clone(&token);
+        // SAFETY: as above.
+        let small = unsafe { Lane::call(&mb, move |_: &mut u64| drop(held), None, Duration::ZERO, &Open) };
+        assert_eq!(small, Err(Error::Shutdown));
+        let (held, big) = (Arc::clone(&token), [0u64; 8]);
+        // SAFETY: as above.
+        let large = unsafe {
+            Lane::call(
+                &mb,
+                move |_: &mut u64| {
+                    drop(held);
+                    big
+                },
+                None,
+                Duration::ZERO,
+                &Open,
+            )
+        };
+        assert_eq!(large, Err(Error::Shutdown));
+        owner.join().unwrap();
+        assert_eq!(Arc::strong_count(&token), 1, "rejected closures are dropped");
+    }
+
+    /// An owner that closed and exited before the post: nobody takes it.
+    struct Gone;
+    impl Owner for Gone {
+        fn posted(&self) {}
+        fn taking(&self) -> bool {
+            false
+        }
+        fn exited(&self) -> bool {
+            true
+        }
+        fn refusal(&self) -> Error {
+            Error::Closed
+        }
+    }
+
+    #[test]
+    fn a_post_nobody_takes_is_refused_and_its_closure_dropped_by_the_poster() {
+        let mb = lane_for_this_thread();
+        let token = Arc::new(());
+        let held = Arc::clone(&token);
+        // SAFETY: this thread is the lane's poster, nothing outstanding.
+        let small = unsafe { Lane::call(&mb, move |_: &mut u64| drop(held), None, Duration::ZERO, &Gone) };
+        assert_eq!(small, Err(Error::Closed));
+        let held = Arc::clone(&token);
+        let big = [0u64; 8];
+        // SAFETY: as above.
+        let large = unsafe {
+            Lane::call(
+                &mb,
+                move |_: &mut u64| {
+                    drop(held);
+                    big
+                },
+                None,
+                Duration::ZERO,
+                &Gone,
+            )
+        };
+        assert_eq!(large, Err(Error::Closed));
+        assert_eq!(Arc::strong_count(&token), 1, "both closures were dropped");
+    }
+}
+/// Model checks of the lane protocol: the answer always reaches a parked
+/// poster, by either road, and a rejected post drops its closure.
+#[cfg(all(test, pinned_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+
+    type Mb = Mailbox<Lane<u64>>;
+
+    /// An owner that takes `posts` posts and handles them with `action`.
+    fn owner(mb: Arc<Mb>, posts: u64, reject: bool) -> loom::thread::JoinHandle<u64> {
+        loom::thread::spawn(move || {
+            let (mut seen, mut state) = (0, 0u64);
+            let mut handled = 0;
+            while handled < posts {
+                match mb.take_for_test(&mut seen) {
+                    Some(p) => {
+                        let action = if reject {
+                            Action::Reject(Error::Shutdown)
+                        } else {
+                            Action::Run(&mut state)
+                        };
+                        handle(&p, action, |_| ());
+                        handled += 1;
+                    }
+                    None => loom::thread::yield_now(),
+                }
+            }
+            state
+        })
+    }
+
+    #[test]
+    fn loom_a_parked_poster_gets_an_inline_result() {
+        loom::model(|| {
+            let mb = Arc::new(Mb::for_test(Lane::new(loom::thread::current())));
+            let t = owner(Arc::clone(&mb), 1, false);
+            // No spinning: straight to the racy set-WAITING-and-park path.
+            // SAFETY: this thread is the lane's poster, nothing outstanding.
+            let out = unsafe {
+                Lane::call(
+                    &mb,
+                    |s: &mut u64| {
+                        *s += 5;
+                        *s * 2
+                    },
+                    None,
+                    Duration::ZERO,
+                    &Open,
+                )
+            };
+            assert_eq!(out, Ok(10));
+            assert_eq!(t.join().unwrap(), 5);
+        });
+    }
+
+    #[test]
+    fn loom_two_posts_in_a_row_by_reference() {
+        loom::model(|| {
+            let mb = Arc::new(Mb::for_test(Lane::new(loom::thread::current())));
+            let t = owner(Arc::clone(&mb), 2, false);
+            let big = [1u64; 8]; // too big for the payload: goes by reference
+            for want in [8, 16] {
+                // SAFETY: as above; the previous call waited for its answer.
+                let out = unsafe {
+                    Lane::call(
+                        &mb,
+                        move |s: &mut u64| {
+                            *s += big.iter().sum::<u64>();
+                            [*s; 6]
+                        },
+                        None,
+                        Duration::ZERO,
+                        &Open,
+                    )
+                };
+                assert_eq!(out, Ok([want; 6]));
+            }
+            assert_eq!(t.join().unwrap(), 16);
+        });
+    }
+
+    #[test]
+    fn loom_a_rejected_post_answers_with_the_error_and_drops_the_closure() {
+        loom::model(|| {
+            let mb = Arc::new(Mb::for_test(Lane::new(loom::thread::current())));
+            let t = owner(Arc::clone(&mb), 1, true);
+            let token = std::sync::Arc::new(());
+            let held = std::sync::Arc::clone(&token);
+            // SAFETY: as above.
+            let out = unsafe { Lane::call(&mb, move |_: &mut u64| drop(held), None, Duration::ZERO, &Open) };
+            assert_eq!(out, Err(Error::Shutdown));
+            assert_eq!(std::sync::Arc::strong_count(&token), 1, "the closure was dropped");
+            assert_eq!(t.join().unwrap(), 0);
+        });
+    }
+}
