@@ -152,6 +152,7 @@ impl Machine {
 pub fn strategies() -> Vec<Strategy> {
     vec![
         Strategy::SpinPingPong,
+        Strategy::BareSlot,
         Strategy::Direct,
         Strategy::Pinned,
         Strategy::PinnedBatch(16),
