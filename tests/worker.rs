@@ -207,6 +207,37 @@ fn the_ticket_is_a_future_under_tokio() {
 }
 
 #[test]
+fn a_ticket_polled_before_its_job_finishes_is_pending_then_woken() {
+    use std::future::Future;
+    use std::task::{Context as TaskContext, Poll, Wake, Waker};
+    struct Count(AtomicU64);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let w = PinnedWorker::spawn(|| Ok::<_, Never>(())).unwrap();
+    let (release, hold) = mpsc::channel::<()>();
+    let mut ticket = w
+        .submit(move |_| {
+            hold.recv().unwrap();
+            7u8
+        })
+        .unwrap();
+    let count = Arc::new(Count(AtomicU64::new(0)));
+    let waker = Waker::from(Arc::clone(&count));
+    let mut cx = TaskContext::from_waker(&waker);
+    // The first poll spins a little, then registers the waker.
+    assert!(std::pin::Pin::new(&mut ticket).poll(&mut cx).is_pending());
+    assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    release.send(()).unwrap();
+    while count.0.load(Ordering::SeqCst) == 0 {
+        thread::yield_now();
+    }
+    assert_eq!(std::pin::Pin::new(&mut ticket).poll(&mut cx), Poll::Ready(Ok(7)));
+}
+
+#[test]
 fn a_full_queue_gives_the_job_back() {
     let w = PinnedWorker::builder()
         .capacity(2)

@@ -72,7 +72,7 @@ pub(crate) fn spin_until_done(
     deadline: Option<Instant>,
 ) -> bool {
     const PURE_SPINS: u32 = 16;
-    const CLOCK_EVERY: u32 = 256;
+    const CLOCK_EVERY: u32 = 64;
     if budget.is_zero() {
         return done();
     }
