@@ -159,6 +159,10 @@ pub fn strategies() -> Vec<Strategy> {
         Strategy::PinnedBatch(256),
         Strategy::Pool {
             workers: 2,
+            callers: 1,
+        },
+        Strategy::Pool {
+            workers: 2,
             callers: 2,
         },
         Strategy::Pool {
@@ -169,6 +173,7 @@ pub fn strategies() -> Vec<Strategy> {
         Strategy::AsyncSubmit,
         Strategy::AsyncOneshot,
         Strategy::SpawnBlocking,
+        Strategy::LocalPool,
         Strategy::CrossbeamNaive,
         Strategy::CrossbeamCallers(8),
         Strategy::Rebind,

@@ -58,6 +58,9 @@ pub enum Strategy {
     AsyncOneshot,
     /// Peer: tokio `spawn_blocking` per call, a context per blocking thread.
     SpawnBlocking,
+    /// Peer: tokio-util `LocalPoolHandle::spawn_pinned` per call onto a
+    /// one-thread local pool holding the context in a thread-local.
+    LocalPool,
     /// Lock + make-current + call + release, from the caller's thread.
     Rebind,
     /// A context created (and destroyed) for every call.
@@ -90,6 +93,7 @@ impl Strategy {
             Strategy::AsyncSubmit => "pinned worker, async submit (tokio)".into(),
             Strategy::AsyncOneshot => "peer: owner + tokio oneshot, awaited".into(),
             Strategy::SpawnBlocking => "peer: tokio spawn_blocking per call".into(),
+            Strategy::LocalPool => "peer: tokio-util spawn_pinned per call".into(),
             Strategy::Rebind => "rebind: lock+make-current+call+release".into(),
             Strategy::ContextPerCall => "context created per call".into(),
             Strategy::ThreadPerCall => "thread spawned per call".into(),
@@ -109,7 +113,10 @@ impl Strategy {
     /// Whether one call costs tens of microseconds (a wake-up per call), so
     /// a trial needs fewer calls to take as long as the others.
     pub fn parks_per_call(&self) -> bool {
-        matches!(self, Strategy::AsyncOneshot | Strategy::SpawnBlocking)
+        matches!(
+            self,
+            Strategy::AsyncOneshot | Strategy::SpawnBlocking | Strategy::LocalPool
+        )
     }
 
     /// Sets the strategy up and warms it: threads started, contexts
@@ -133,6 +140,7 @@ impl Strategy {
             Strategy::AsyncSubmit => (async_submit(), 1),
             Strategy::AsyncOneshot => (async_oneshot(), 1),
             Strategy::SpawnBlocking => (spawn_blocking_per_call(), 0),
+            Strategy::LocalPool => (local_pool(), 1),
             Strategy::Rebind => (rebind(), 0),
             Strategy::ContextPerCall => (Box::new(context_per_call), 0),
             Strategy::ThreadPerCall => (Box::new(thread_per_call), 0),
@@ -489,6 +497,31 @@ fn spawn_blocking_per_call() -> Timer {
             .await
             .expect("blocking task")
         })
+    }))
+}
+
+thread_local! {
+    /// The context of the local pool's thread (spawn_pinned peer).
+    static POOL_CTX: std::cell::RefCell<Option<Context>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Peer: tokio-util's pool of `!Send` tasks, one thread, a task spawned and
+/// pinned there per call; the context lives in that thread's thread-local.
+fn local_pool() -> Timer {
+    let pool = tokio_util::task::LocalPoolHandle::new(1);
+    on_tokio(Arc::new(move |i| {
+        let task = pool.spawn_pinned(move || async move {
+            POOL_CTX.with(|c| {
+                let mut c = c.borrow_mut();
+                let ctx = c.get_or_insert_with(|| Context::new(&Config::with_seed(SEED)).expect("context"));
+                if i == u64::MAX {
+                    0
+                } else {
+                    ctx.op(i).expect("op")
+                }
+            })
+        });
+        Box::pin(async move { task.await.expect("pinned task") })
     }))
 }
 
