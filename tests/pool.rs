@@ -109,6 +109,44 @@ fn least_loaded_avoids_a_busy_worker() {
 }
 
 #[test]
+fn least_loaded_sees_blocking_calls_in_flight() {
+    // A blocking `run` travels through a mailbox, not the queue: the pool
+    // must count it to send the next call elsewhere.
+    let pool = Arc::new(ctx_pool(2, Dispatch::LeastLoaded));
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<String>();
+    let busy = {
+        let pool = Arc::clone(&pool);
+        thread::spawn(move || {
+            pool.run(move |_| {
+                started_tx
+                    .send(thread::current().name().unwrap().to_owned())
+                    .unwrap();
+                hold.recv().ok();
+            })
+            .unwrap()
+        })
+    };
+    let busy_owner = started.recv().unwrap();
+    let other = if busy_owner == "ctx-0" { "ctx-1" } else { "ctx-0" };
+    for _ in 0..10 {
+        assert_eq!(
+            pool.run(|_| thread::current().name().unwrap().to_owned())
+                .unwrap(),
+            other
+        );
+    }
+    release.send(()).unwrap();
+    busy.join().unwrap();
+    // Nothing in flight any more: ties go to the first worker.
+    assert_eq!(
+        pool.run(|_| thread::current().name().unwrap().to_owned())
+            .unwrap(),
+        "ctx-0"
+    );
+}
+
+#[test]
 fn broadcast_reaches_every_worker_once() {
     let pool = ctx_pool(3, Dispatch::RoundRobin);
     let names: Vec<String> = pool

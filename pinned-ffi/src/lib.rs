@@ -14,7 +14,7 @@
 //!    [`run`](PinnedWorker::run) (borrows allowed), [`submit`](PinnedWorker::submit)
 //!    → [`Ticket`] (also a `Future`), a bounded queue, cancellation, panic
 //!    policies with a circuit breaker, owner-bound values and metrics.
-//! 3. [`Pool<S>`]: N owners with round-robin, least-loaded and keyed
+//! 3. [`Pool<S>`]: N owners with least-loaded, round-robin and keyed
 //!    dispatch.
 //!
 //! ```

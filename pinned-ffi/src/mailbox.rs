@@ -121,7 +121,11 @@ impl<L> Posted<L> {
 
 /// A worker's mailboxes.
 pub(crate) struct Mailboxes<P> {
-    list: Mutex<Vec<Arc<Mailbox<P>>>>,
+    /// Each registered mailbox, with the guard that counts its thread as
+    /// engaged in hand-offs (see [`spin`](crate::spin)) while both the
+    /// thread and this worker live: dropped with the entry when the thread
+    /// exits, or with the list when the worker goes.
+    list: Mutex<Vec<(Arc<Mailbox<P>>, Engaged)>>,
     /// Bumped (Release) on every registration change.
     generation: AtomicU64,
 }
@@ -161,7 +165,7 @@ impl<P: 'static> Drop for Registered<P> {
         });
         if let Some(registry) = self.registry.upgrade() {
             let mut list = registry.list.lock().unwrap_or_else(|e| e.into_inner());
-            list.retain(|m| !Arc::ptr_eq(m, &self.mailbox));
+            list.retain(|(m, _)| !Arc::ptr_eq(m, &self.mailbox));
             // ORDERING: Release publishes the new list to the owner's
             // Acquire check in `Scanner::refresh`.
             registry.generation.fetch_add(1, Ordering::Release);
@@ -169,20 +173,8 @@ impl<P: 'static> Drop for Registered<P> {
     }
 }
 
-/// A thread's registrations. While it has any, the thread counts as
-/// engaged in hand-offs (see [`spin`](crate::spin)).
-struct Mine {
-    registrations: Vec<Box<dyn Registration>>,
-    engaged: Option<Engaged>,
-}
-
 thread_local! {
-    static MINE: RefCell<Mine> = const {
-        RefCell::new(Mine {
-            registrations: Vec::new(),
-            engaged: None,
-        })
-    };
+    static MINE: RefCell<Vec<Box<dyn Registration>>> = const { RefCell::new(Vec::new()) };
     /// The last mailbox `mine` returned, by key: a thread calling one
     /// worker over and over skips the search. Cleared when that
     /// registration goes (keys are never reused).
@@ -224,20 +216,17 @@ impl<P: Send + Sync + 'static> Mailboxes<P> {
             }
         }
         MINE.try_with(|mine| {
-            let mine = &mut *mine.borrow_mut();
-            let engaged = &mut mine.engaged;
-            let mine = &mut mine.registrations;
+            let mut mine = mine.borrow_mut();
             let found = mine.iter().position(|r| r.key() == key);
             let index = match found {
                 Some(i) => i,
                 None => {
                     mine.retain(|r| r.alive()); // forget workers that are gone
-                    engaged.get_or_insert_with(Engaged::new);
                     let mailbox = Arc::new(Mailbox::new(make()));
                     self.list
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(Arc::clone(&mailbox));
+                        .push((Arc::clone(&mailbox), Engaged::new()));
                     // ORDERING: see Registered::drop.
                     self.generation.fetch_add(1, Ordering::Release);
                     mine.push(Box::new(Registered {
@@ -294,7 +283,7 @@ impl<P: Send + Sync + 'static> Scanner<P> {
         let old = std::mem::take(&mut self.snapshot);
         self.snapshot = list
             .iter()
-            .map(|m| {
+            .map(|(m, _)| {
                 let seen = old.iter().find(|(o, _)| Arc::ptr_eq(o, m)).map_or(0, |(_, s)| *s);
                 (Arc::clone(m), seen)
             })

@@ -110,7 +110,7 @@ impl fmt::Display for Summary {
 /// A value on cache lines of its own (128 bytes: x86 prefetches lines in
 /// pairs), so a field written by callers never shares a line with one the
 /// owner writes.
-#[derive(Default)]
+#[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Padded<T>(pub(crate) T);
 

@@ -1,5 +1,5 @@
 //! [`Pool<S>`]: N pinned workers, each with its own state (its own C
-//! context, one per GPU or HSM session), with round-robin, least-loaded and
+//! context, one per GPU or HSM session), with least-loaded, round-robin and
 //! keyed dispatch. The pool's thread count is N, whatever the number of
 //! callers.
 
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, SpawnError};
-use crate::metrics::MetricsSnapshot;
+use crate::metrics::{MetricsSnapshot, Padded};
 use crate::placement::{Placement, Topology};
 use crate::slot::Ticket;
 use crate::worker::{Builder, PinnedWorker};
@@ -18,10 +18,18 @@ use crate::worker::{Builder, PinnedWorker};
 /// How [`Pool::run`] and [`Pool::submit`] pick a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dispatch {
-    /// Each worker in turn (the default).
-    #[default]
+    /// Each worker in turn.
     RoundRobin,
-    /// The worker with the shortest queue (ties: the first).
+    /// The worker with the least work: jobs in its queue plus the pool's
+    /// own blocking calls ([`Pool::run`]) in flight on it (ties: the
+    /// first). Blocking calls travel through per-caller mailboxes, not the
+    /// queue, so the pool counts them itself, for this policy only.
+    ///
+    /// The default: a lone caller stays on one owner (the others idle and
+    /// park), and callers spread out as they pile up. Round-robin would
+    /// wake every owner in turn, which on a machine with fewer spare cores
+    /// than owners costs a context switch or a wake-up per call.
+    #[default]
     LeastLoaded,
 }
 
@@ -111,10 +119,12 @@ impl PoolBuilder {
             }
             workers.push(b.spawn(move || init(i))?);
         }
+        let running = workers.iter().map(|_| Padded(AtomicUsize::new(0))).collect();
         Ok(Pool {
             workers,
             next: AtomicUsize::new(0),
             dispatch: self.dispatch,
+            running,
         })
     }
 }
@@ -135,6 +145,8 @@ pub struct Pool<S> {
     workers: Vec<PinnedWorker<S>>,
     next: AtomicUsize,
     dispatch: Dispatch,
+    /// Blocking calls in flight per worker (counted for `LeastLoaded`).
+    running: Box<[Padded<AtomicUsize>]>,
 }
 
 impl Pool<()> {
@@ -205,16 +217,16 @@ impl<S: 'static> Pool<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn pick(&self, dispatch: Dispatch) -> &PinnedWorker<S> {
+        &self.workers[self.pick_index(dispatch)]
+    }
+
+    fn pick_index(&self, dispatch: Dispatch) -> usize {
         match dispatch {
-            Dispatch::RoundRobin => {
-                // ORDERING: only spreads load; no data depends on it.
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-                &self.workers[i]
-            }
-            Dispatch::LeastLoaded => self
-                .workers
-                .iter()
-                .min_by_key(|w| w.queue_len())
+            // ORDERING: only spreads load; no data depends on it.
+            Dispatch::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len(),
+            Dispatch::LeastLoaded => (0..self.workers.len())
+                // ORDERING: a load estimate; no data depends on it.
+                .min_by_key(|&i| self.workers[i].queue_len() + self.running[i].load(Ordering::Relaxed))
                 .expect("a pool has at least one worker"),
         }
     }
@@ -250,7 +262,22 @@ impl<S: 'static> Pool<S> {
         F: FnOnce(&mut S) -> R + Send + 'a,
         R: Send + 'a,
     {
-        self.pick(self.dispatch).run(f)
+        let i = self.pick_index(self.dispatch);
+        if self.dispatch != Dispatch::LeastLoaded {
+            return self.workers[i].run(f);
+        }
+        /// Counts a blocking call in flight on its worker while it lives.
+        struct Running<'p>(&'p AtomicUsize);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                // ORDERING: see `pick_index`.
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        // ORDERING: see `pick_index`.
+        self.running[i].fetch_add(1, Ordering::Relaxed);
+        let _running = Running(&self.running[i]);
+        self.workers[i].run(f)
     }
 
     /// Runs `f` on the worker for `key` (sticky).

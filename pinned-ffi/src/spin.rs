@@ -10,10 +10,11 @@
 //! only adds a system call to every wait that outlasts a few spins (on a VM
 //! whose cores are far apart, that is every wait).
 //!
-//! The rule: count the threads *engaged* in hand-offs (owners while awake,
-//! threads that have called a worker through its mailboxes, while they
-//! live); while they fit in the cores the process may use, spin without
-//! yielding; otherwise yield after a few spins.
+//! The rule: count the threads *engaged* in hand-offs (owners while awake;
+//! callers once per worker they have called through its mailboxes, while
+//! both live); while they fit in the cores the process may use, spin
+//! without yielding; otherwise yield after a few spins. A caller of several
+//! workers counts once for each, which errs towards yielding.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
