@@ -59,6 +59,7 @@ thread_local! {
 }
 
 /// The worker whose owner thread the caller is on, if any.
+#[inline]
 pub(crate) fn owner_of_current_thread() -> Option<u64> {
     let id = OWNER_OF.with(Cell::get);
     (id != 0).then_some(id)
@@ -415,9 +416,7 @@ impl Shared {
             self.queued.store(true, Ordering::Release);
         }
         if self.sleeping.load(Ordering::Relaxed) {
-            if let Some(t) = &*self.owner_thread.lock().unwrap_or_else(|e| e.into_inner()) {
-                t.unpark();
-            }
+            self.unpark_owner();
         }
     }
 
@@ -425,12 +424,18 @@ impl Shared {
     /// before this SeqCst load (C++20 fence rules: the owner's SeqCst fence
     /// sits between its `sleeping` store and its last look), so the fence
     /// is not needed.
+    #[inline]
     fn wake_owner_after_post(&self) {
         // ORDERING: see above.
         if self.sleeping.load(Ordering::SeqCst) {
-            if let Some(t) = &*self.owner_thread.lock().unwrap_or_else(|e| e.into_inner()) {
-                t.unpark();
-            }
+            self.unpark_owner();
+        }
+    }
+
+    #[cold]
+    fn unpark_owner(&self) {
+        if let Some(t) = &*self.owner_thread.lock().unwrap_or_else(|e| e.into_inner()) {
+            t.unpark();
         }
     }
 
@@ -455,11 +460,18 @@ impl Shared {
     }
 
     /// `Some(reason)` while callers should fail fast.
+    #[inline]
     fn broken_now(&self) -> Option<String> {
         // ORDERING: see `trip`.
         if !self.broken.load(Ordering::Acquire) {
             return None;
         }
+        self.broken_reason_now()
+    }
+
+    /// `broken_now` once the flag was seen set.
+    #[cold]
+    fn broken_reason_now(&self) -> Option<String> {
         if self.nanos_now() >= self.broken_until.load(Ordering::Relaxed) {
             return None; // cooldown over: let a job through to trigger re-init
         }
@@ -1195,10 +1207,12 @@ fn respawn<S: 'static>(core: Core<S>, pending: Option<Msg<S>>) -> Result<(), Box
 
 /// What a caller posting to a mailbox needs to know of the owner.
 impl Owner for Shared {
+    #[inline]
     fn posted(&self) {
         self.wake_owner_after_post();
     }
 
+    #[inline]
     fn taking(&self) -> bool {
         // ORDERING: SeqCst after the post's SeqCst publish, paired with
         // `drain_rejecting`'s SeqCst store and fence before its scans:
