@@ -82,6 +82,10 @@ fn run_carries_small_and_large_closures_and_results_alike() {
     }
     let big = String::from_utf8(vec![b'x'; 1000]).unwrap();
     assert_eq!(w.run(move |_| big.len()).unwrap(), 1000);
+    // Over-aligned (16) values cannot travel in the 8-aligned line.
+    let wide = u128::MAX - 5;
+    assert_eq!(w.run(move |_| wide + 1).unwrap(), u128::MAX - 4);
+    w.run(|_| ()).unwrap(); // zero-sized closure and result
     assert!(matches!(w.run(|_| -> [u64; 16] { panic!("large") }), Err(Error::Panicked(m)) if m == "large"));
     assert!(matches!(w.run(|_| -> u8 { panic!("small") }), Err(Error::Panicked(m)) if m == "small"));
     assert_eq!(w.run(|ctx| ctx.calls()).unwrap().unwrap(), 400);
