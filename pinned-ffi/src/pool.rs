@@ -224,10 +224,21 @@ impl<S: 'static> Pool<S> {
         match dispatch {
             // ORDERING: only spreads load; no data depends on it.
             Dispatch::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len(),
-            Dispatch::LeastLoaded => (0..self.workers.len())
-                // ORDERING: a load estimate; no data depends on it.
-                .min_by_key(|&i| self.workers[i].queue_len() + self.running[i].load(Ordering::Relaxed))
-                .expect("a pool has at least one worker"),
+            Dispatch::LeastLoaded => {
+                let mut best = (usize::MAX, 0);
+                for (i, w) in self.workers.iter().enumerate() {
+                    // ORDERING: a load estimate; no data depends on it.
+                    let running = self.running[i].load(Ordering::Relaxed);
+                    if running == 0 && w.queue_is_empty() {
+                        return i; // nothing beats an idle worker, and ties go to the first
+                    }
+                    let load = running + w.queue_len();
+                    if load < best.0 {
+                        best = (load, i);
+                    }
+                }
+                best.1
+            }
         }
     }
 

@@ -1776,6 +1776,11 @@ impl<S: 'static> PinnedWorker<S> {
         self.tx.len()
     }
 
+    /// Whether the queue is empty (cheaper than `queue_len() == 0`).
+    pub(crate) fn queue_is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+
     /// The Linux thread id (`gettid`) of the current owner thread; it
     /// changes when the state is re-initialised on a fresh thread.
     ///
