@@ -206,7 +206,10 @@ impl Builder {
     }
     /// How long a waiting caller spins before it parks (default 50 µs).
     /// Spinning turns a hand-off into a cache-line transfer instead of a
-    /// futex wake (tens of µs on a VM); zero always parks.
+    /// futex wake (tens of µs on a VM); zero always parks. While the
+    /// threads taking part in hand-offs outnumber the cores, spinners
+    /// yield the core on every round after the first few. An awaited
+    /// [`Ticket`] spins at most [`Ticket::POLL_SPIN`] of it.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
         self
