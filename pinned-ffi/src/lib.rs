@@ -31,6 +31,7 @@
 //! ```
 
 mod context;
+mod doorbell;
 mod error;
 mod labels;
 mod lane;

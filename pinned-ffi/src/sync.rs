@@ -7,14 +7,14 @@
 #[cfg(pinned_loom)]
 pub(crate) use loom::{
     hint::spin_loop,
-    sync::atomic::{AtomicU32, AtomicU64, AtomicU8},
+    sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8},
     sync::Mutex,
     thread::{current, park, yield_now, Thread},
 };
 #[cfg(not(pinned_loom))]
 pub(crate) use std::{
     hint::spin_loop,
-    sync::atomic::{AtomicU32, AtomicU64, AtomicU8},
+    sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8},
     sync::Mutex,
     thread::{current, park, yield_now, Thread},
 };

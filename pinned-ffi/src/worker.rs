@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{self as channel, Receiver, Sender, TryRecvError};
 
+use crate::doorbell::{Doorbell, Look};
 use crate::error::{panic_message, Error, SpawnError, TrySubmitError};
 use crate::lane::{self, Action, Handled, Lane, Owner};
 use crate::mailbox::{Mailboxes, Posted, Scanner};
@@ -282,9 +283,7 @@ impl Builder {
             exit_cv: Condvar::new(),
             next_bound: AtomicU64::new(1),
             owner_tid: AtomicU64::new(0),
-            sleeping: Padded(AtomicBool::new(false)),
-            queued: Padded(AtomicBool::new(false)),
-            owner_thread: Mutex::new(None),
+            bell: Doorbell::new(),
         });
 
         let (ready_tx, ready_rx) = channel::bounded::<Result<(), SpawnError<E>>>(1);
@@ -371,13 +370,8 @@ struct Shared {
     exit_cv: Condvar,
     next_bound: AtomicU64,
     owner_tid: AtomicU64,
-    /// Set by an owner about to park; producers that see it unpark it.
-    sleeping: Padded<AtomicBool>,
-    /// Set by queue producers (jobs, `Stop`, releases) after sending:
-    /// the owner's hint to look at its channels, so that its spin reads
-    /// one quiet line instead of both channels' heads and tails.
-    queued: Padded<AtomicBool>,
-    owner_thread: Mutex<Option<thread::Thread>>,
+    /// How producers signal work and wake a parking owner.
+    bell: Doorbell,
 }
 
 impl Shared {
@@ -397,49 +391,17 @@ impl Shared {
         // ORDERING: informational.
         self.owner_tid
             .store(crate::threads::current_tid(), Ordering::Relaxed);
-        *self.owner_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
+        self.bell.set_owner(crate::sync::current());
         match &self.config.cpus {
             Some(cpus) => crate::threads::set_current_affinity(cpus),
             None => Ok(()),
         }
     }
 
-    /// Called by every producer after it published work (a queued message,
-    /// a mailbox post, a release): wakes the owner if it is parking.
+    /// Called by every queue producer after it sent (a job, `Stop`, a
+    /// release): see [`Doorbell::ring_after_send`].
     fn wake_owner(&self) {
-        // ORDERING: the SeqCst fence pairs with the owner's fences between
-        // clearing `queued` (or setting `sleeping`) and its next look at
-        // the channels: either the owner sees our message, or we see the
-        // hint cleared (and set it) or the owner sleeping (and unpark it).
-        // The Release store publishes the message to the owner's Acquire
-        // load of the hint. Read first: most sends find it set already,
-        // and a read keeps the line shared.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if !self.queued.load(Ordering::Relaxed) {
-            self.queued.store(true, Ordering::Release);
-        }
-        if self.sleeping.load(Ordering::Relaxed) {
-            self.unpark_owner();
-        }
-    }
-
-    /// `wake_owner` for a mailbox post, whose SeqCst RMW already orders it
-    /// before this SeqCst load (C++20 fence rules: the owner's SeqCst fence
-    /// sits between its `sleeping` store and its last look), so the fence
-    /// is not needed.
-    #[inline]
-    fn wake_owner_after_post(&self) {
-        // ORDERING: see above.
-        if self.sleeping.load(Ordering::SeqCst) {
-            self.unpark_owner();
-        }
-    }
-
-    #[cold]
-    fn unpark_owner(&self) {
-        if let Some(t) = &*self.owner_thread.lock().unwrap_or_else(|e| e.into_inner()) {
-            t.unpark();
-        }
+        self.bell.ring_after_send();
     }
 
     fn nanos_now(&self) -> u64 {
@@ -864,21 +826,9 @@ impl<S: 'static> Core<S> {
     /// spins for `owner_spin`, then parks until a producer wakes it.
     fn next(&mut self) -> Event<S> {
         loop {
-            // ORDERING: Acquire pairs with the producers' Release store of
-            // the hint (see `Shared::wake_owner`).
-            if self.shared.queued.load(Ordering::Acquire) {
-                if let Some(event) = self.poll_queues() {
-                    return event;
-                }
-                // Empty: clear the hint, then look once more, since a
-                // producer that saw the hint still set did not set it.
-                // ORDERING: the fence pairs with `wake_owner`'s.
-                self.shared.queued.store(false, Ordering::Relaxed);
-                std::sync::atomic::fence(Ordering::SeqCst);
-                if let Some(event) = self.poll_queues() {
-                    self.shared.queued.store(true, Ordering::Relaxed);
-                    return event;
-                }
+            let (rx, releases) = (&self.rx, &self.releases);
+            if let Some(event) = self.shared.bell.take_queued(|| poll_queues(rx, releases)) {
+                return event;
             }
             if let Some(post) = self.mailboxes.take() {
                 return Event::Msg(Msg::Posted(PostedJob(post)));
@@ -889,8 +839,7 @@ impl<S: 'static> Core<S> {
             let work = spin_until_done(
                 || {
                     post = self.mailboxes.take();
-                    // ORDERING: a hint; the loop's top reads it with Acquire.
-                    post.is_some() || self.shared.queued.load(Ordering::Relaxed)
+                    post.is_some() || self.shared.bell.queued_hint()
                 },
                 self.shared.config.owner_spin,
                 None,
@@ -901,44 +850,28 @@ impl<S: 'static> Core<S> {
             if work {
                 continue;
             }
-            let idle = |c: &Self| c.rx.is_empty() && c.releases.is_empty() && !c.mailboxes.pending();
-            // ORDERING: Relaxed flag + SeqCst fence, paired with the fence
-            // in `Shared::wake_owner`: a producer that published after our
-            // last look below sees `sleeping` and unparks us.
-            self.shared.sleeping.store(true, Ordering::Relaxed);
-            std::sync::atomic::fence(Ordering::SeqCst);
-            if idle(self) {
+            let (mailboxes, engaged) = (&self.mailboxes, &mut self.engaged);
+            let look = || {
+                if !rx.is_empty() || !releases.is_empty() || mailboxes.pending() {
+                    return Look::Busy;
+                }
                 // An empty, disconnected queue looks empty: ask before
                 // parking (no sender is left to wake us).
-                match self.rx.try_recv() {
-                    Ok(m) => {
-                        self.shared.sleeping.store(false, Ordering::Relaxed);
-                        return Event::Msg(m);
-                    }
-                    Err(TryRecvError::Disconnected) => {
-                        self.shared.sleeping.store(false, Ordering::Relaxed);
-                        return Event::Disconnected;
-                    }
-                    Err(TryRecvError::Empty) => {}
+                match rx.try_recv() {
+                    Ok(m) => Look::Found(Event::Msg(m)),
+                    Err(TryRecvError::Disconnected) => Look::Found(Event::Disconnected),
+                    Err(TryRecvError::Empty) => Look::Idle,
                 }
-                self.engaged = None;
+            };
+            let park = || {
+                *engaged = None; // a parked owner takes no core
                 thread::park();
-                self.engaged = Some(Engaged::new());
+                *engaged = Some(Engaged::new());
+            };
+            if let Some(event) = self.shared.bell.sleep(look, park) {
+                return event;
             }
-            self.shared.sleeping.store(false, Ordering::Relaxed);
-            // Whatever woke us, look at everything once.
-            self.shared.queued.store(true, Ordering::Relaxed);
         }
-    }
-
-    /// Takes the next queued message or release, if any.
-    fn poll_queues(&mut self) -> Option<Event<S>> {
-        match self.rx.try_recv() {
-            Ok(m) => return Some(Event::Msg(m)),
-            Err(TryRecvError::Disconnected) => return Some(Event::Disconnected),
-            Err(TryRecvError::Empty) => {}
-        }
-        self.releases.try_recv().ok().map(Event::Release)
     }
 
     /// Takes a job posted to a mailbox, if any.
@@ -977,6 +910,16 @@ impl<S: 'static> Core<S> {
             .breaker
             .map_or(Duration::from_secs(1), |b| b.cooldown)
     }
+}
+
+/// Takes the next queued message or release, if any.
+fn poll_queues<S>(rx: &Receiver<Msg<S>>, releases: &Receiver<u64>) -> Option<Event<S>> {
+    match rx.try_recv() {
+        Ok(m) => return Some(Event::Msg(m)),
+        Err(TryRecvError::Disconnected) => return Some(Event::Disconnected),
+        Err(TryRecvError::Empty) => {}
+    }
+    releases.try_recv().ok().map(Event::Release)
 }
 
 /// The owner thread's loop. `owner` is `None` while the state is missing
@@ -1212,7 +1155,7 @@ fn respawn<S: 'static>(core: Core<S>, pending: Option<Msg<S>>) -> Result<(), Box
 impl Owner for Shared {
     #[inline]
     fn posted(&self) {
-        self.wake_owner_after_post();
+        self.bell.ring_after_post();
     }
 
     #[inline]
