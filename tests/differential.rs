@@ -64,6 +64,14 @@ fn apply(ctx: &mut Context, s: &Step, t: &mut Trace) {
     }
 }
 
+/// One step on the context kept for `seed` in an owner's map (created on
+/// first use), as the owner-side strategies run it.
+fn apply_keyed(contexts: &mut HashMap<u64, Context>, seed: u64, s: &Step) -> Trace {
+    let mut t = Vec::new();
+    apply(contexts.entry(seed).or_insert_with(|| ctx(seed)), s, &mut t);
+    t
+}
+
 fn ctx(seed: u64) -> Context {
     Context::new(&Config { init_work: 0, seed }).unwrap()
 }
@@ -135,9 +143,9 @@ proptest! {
                     for st in steps {
                         let st2 = st.clone();
                         let part = if c % 2 == 0 {
-                            worker.run(|m| { let mut p = Vec::new(); apply(m.entry(seed).or_insert_with(|| ctx(seed)), &st2, &mut p); p }).unwrap()
+                            worker.run(|m| apply_keyed(m, seed, &st2)).unwrap()
                         } else {
-                            worker.submit(move |m| { let mut p = Vec::new(); apply(m.entry(seed).or_insert_with(|| ctx(seed)), &st2, &mut p); p }).unwrap().wait().unwrap()
+                            worker.submit(move |m| apply_keyed(m, seed, &st2)).unwrap().wait().unwrap()
                         };
                         t.extend(part);
                     }
@@ -156,7 +164,7 @@ proptest! {
                 s.spawn(move || {
                     let mut t = Vec::new();
                     for st in steps {
-                        t.extend(pool.run_keyed(&seed, |m| { let mut p = Vec::new(); apply(m.entry(seed).or_insert_with(|| ctx(seed)), st, &mut p); p }).unwrap());
+                        t.extend(pool.run_keyed(&seed, |m| apply_keyed(m, seed, st)).unwrap());
                     }
                     t
                 })

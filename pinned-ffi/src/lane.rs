@@ -354,26 +354,24 @@ pub(crate) fn handle<O>(
     handled
 }
 
-/// Runs (or drops) the closure of a post, catching a panic.
-fn run_or_reject<O, G, R>(g: G, action: Action<'_, O>, lane: &Lane<O>) -> Option<R>
+/// Runs (or drops) the closure of a post, catching a panic: its result,
+/// or how it ended without one (the error is then left in the lane).
+fn run_or_reject<O, G, R>(g: G, action: Action<'_, O>, lane: &Lane<O>) -> Result<R, Handled>
 where
     G: FnOnce(&mut O) -> R,
 {
     match action {
-        Action::Run(o) => match panic::catch_unwind(AssertUnwindSafe(|| g(o))) {
-            Ok(r) => Some(r),
-            Err(payload) => {
-                let msg = panic_message(&*payload);
-                drop(payload);
-                lane.set_error(Error::Panicked(msg));
-                None
-            }
-        },
+        Action::Run(o) => panic::catch_unwind(AssertUnwindSafe(|| g(o))).map_err(|payload| {
+            let msg = panic_message(&*payload);
+            drop(payload);
+            lane.set_error(Error::Panicked(msg));
+            Handled::Panicked
+        }),
         Action::Reject(error) => {
             // A panicking destructor must not leave the poster unanswered.
             let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(g)));
             lane.set_error(error);
-            None
+            Err(Handled::Rejected)
         }
     }
 }
@@ -386,17 +384,15 @@ unsafe fn handle_inline<O, G, R>(lane: &Lane<O>, action: Action<'_, O>) -> Handl
 where
     G: FnOnce(&mut O) -> R,
 {
-    let rejecting = matches!(action, Action::Reject(_));
     // SAFETY: by the contract; moved out once, so the bytes may be reused.
     let g = lane.payload.with_mut(|p| unsafe { p.cast::<G>().read() });
     match run_or_reject(g, action, lane) {
-        Some(r) => {
+        Ok(r) => {
             // SAFETY: the closure was moved out; `fits` checked that R fits.
             lane.payload.with_mut(|p| unsafe { p.cast::<R>().write(r) });
             Handled::Done
         }
-        None if rejecting => Handled::Rejected,
-        None => Handled::Panicked,
+        Err(ended) => ended,
     }
 }
 
@@ -409,7 +405,6 @@ unsafe fn handle_by_ref<O, G, R>(lane: &Lane<O>, action: Action<'_, O>) -> Handl
 where
     G: FnOnce(&mut O) -> R,
 {
-    let rejecting = matches!(action, Action::Reject(_));
     // SAFETY: by the contract.
     let (g, r) = lane
         .payload
@@ -417,15 +412,37 @@ where
     // SAFETY: the poster does not touch its closure until the answer.
     let g = unsafe { (*g).take() }.expect("a post's closure is taken once");
     match run_or_reject(g, action, lane) {
-        Some(value) => {
+        Ok(value) => {
             // SAFETY: the result's room is alive and untouched until the
             // answer.
             unsafe { (*r).write(value) };
             Handled::Done
         }
-        None if rejecting => Handled::Rejected,
-        None => Handled::Panicked,
+        Err(ended) => ended,
     }
+}
+
+/// The owner side of the protocol tests: handles `posts` posts to `mb`
+/// (runs them, or rejects them all when `reject`), calling `idle` while
+/// none is waiting; returns the state the jobs ran on.
+#[cfg(test)]
+fn serve_posts(mb: &Mailbox<Lane<u64>>, posts: u64, reject: bool, idle: impl Fn()) -> u64 {
+    let (mut seen, mut state, mut handled) = (0, 0u64, 0);
+    while handled < posts {
+        match mb.take_for_test(&mut seen) {
+            Some(p) => {
+                let action = if reject {
+                    Action::Reject(Error::Shutdown)
+                } else {
+                    Action::Run(&mut state)
+                };
+                handle(&p, action, |_| ());
+                handled += 1;
+            }
+            None => idle(),
+        }
+    }
+    state
 }
 
 /// An owner that takes every post (protocol tests).
@@ -479,27 +496,9 @@ mod tests {
         assert!(!fits::<(), [u8; 41]>());
     }
 
-    /// An owner thread that handles `posts` posts to `mb`: runs them, or
-    /// rejects them all when `reject`. Returns its state.
+    /// An owner thread running `serve_posts`.
     fn serve(mb: Arc<Mb>, posts: u64, reject: bool) -> std::thread::JoinHandle<u64> {
-        std::thread::spawn(move || {
-            let (mut seen, mut state, mut handled) = (0, 0u64, 0);
-            while handled < posts {
-                match mb.take_for_test(&mut seen) {
-                    Some(p) => {
-                        let action = if reject {
-                            Action::Reject(Error::Shutdown)
-                        } else {
-                            Action::Run(&mut state)
-                        };
-                        handle(&p, action, |_| ());
-                        handled += 1;
-                    }
-                    None => std::hint::spin_loop(),
-                }
-            }
-            state
-        })
+        std::thread::spawn(move || serve_posts(&mb, posts, reject, std::hint::spin_loop))
     }
 
     fn lane_for_this_thread() -> Arc<Mb> {
@@ -633,27 +632,9 @@ mod loom_tests {
 
     type Mb = Mailbox<Lane<u64>>;
 
-    /// An owner that takes `posts` posts and handles them with `action`.
+    /// An owner thread running `serve_posts`.
     fn owner(mb: Arc<Mb>, posts: u64, reject: bool) -> loom::thread::JoinHandle<u64> {
-        loom::thread::spawn(move || {
-            let (mut seen, mut state) = (0, 0u64);
-            let mut handled = 0;
-            while handled < posts {
-                match mb.take_for_test(&mut seen) {
-                    Some(p) => {
-                        let action = if reject {
-                            Action::Reject(Error::Shutdown)
-                        } else {
-                            Action::Run(&mut state)
-                        };
-                        handle(&p, action, |_| ());
-                        handled += 1;
-                    }
-                    None => loom::thread::yield_now(),
-                }
-            }
-            state
-        })
+        loom::thread::spawn(move || serve_posts(&mb, posts, reject, loom::thread::yield_now))
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl<L> Mailbox<L> {
         // ORDERING: the RMW's Release side publishes the lane's contents
         // to the owner's Acquire in `take_after`; being SeqCst it also
         // orders this post before the poster's SeqCst look at the owner's
-        // `sleeping` flag (see `Shared::wake_owner_after_post`), so no
+        // `sleeping` flag (see `Doorbell::ring_after_post`), so no
         // separate fence is needed.
         self.seq.fetch_add(1, Ordering::SeqCst) + 1
     }

@@ -398,12 +398,6 @@ impl Shared {
         }
     }
 
-    /// Called by every queue producer after it sent (a job, `Stop`, a
-    /// release): see [`Doorbell::ring_after_send`].
-    fn wake_owner(&self) {
-        self.bell.ring_after_send();
-    }
-
     fn nanos_now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -830,11 +824,9 @@ impl<S: 'static> Core<S> {
             if let Some(event) = self.shared.bell.take_queued(|| poll_queues(rx, releases)) {
                 return event;
             }
-            if let Some(post) = self.mailboxes.take() {
-                return Event::Msg(Msg::Posted(PostedJob(post)));
-            }
-            // Spin: a post is taken the moment it is seen (the hot path);
-            // queued work goes round the loop.
+            // Spin (its first round is an immediate look): a post is taken
+            // the moment it is seen (the hot path); queued work goes round
+            // the loop.
             let mut post = None;
             let work = spin_until_done(
                 || {
@@ -1295,7 +1287,7 @@ impl<S: 'static> PinnedWorker<S> {
         };
         match sent {
             Ok(()) => {
-                self.shared.wake_owner();
+                self.shared.bell.ring_after_send();
                 Ok(())
             }
             Err((m, gone)) => {
@@ -1760,7 +1752,7 @@ impl<S> Drop for PinnedWorker<S> {
             // finish the queue; nobody can join it from here.
             self.shared.closed.store(true, Ordering::SeqCst);
             let _ = self.tx.try_send(Msg::Stop);
-            self.shared.wake_owner();
+            self.shared.bell.ring_after_send();
             return;
         }
         close_shared(&self.shared, &self.tx, None);
@@ -1790,7 +1782,7 @@ fn close_shared<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Option<Instan
             channel::SendTimeoutError::Disconnected(m) => Err(channel::SendError(m)),
         }),
     };
-    shared.wake_owner();
+    shared.bell.ring_after_send();
     if !shared.wait_exited(deadline) {
         abort();
         shared.wait_exited(None);
@@ -1831,7 +1823,7 @@ impl<T> Drop for Bound<T> {
         // Unbounded: never blocks, never full. If the worker is gone its
         // values were already destroyed on its owner thread.
         if self.releases.send(self.id).is_ok() {
-            self.shared.wake_owner();
+            self.shared.bell.ring_after_send();
         }
     }
 }
