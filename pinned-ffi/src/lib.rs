@@ -30,16 +30,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod bound;
+mod builder;
 mod context;
 mod doorbell;
 mod error;
+mod job;
 mod labels;
 mod lane;
 mod mailbox;
 mod metrics;
 mod model;
+mod owner;
 pub mod placement;
 mod pool;
+mod shared;
 mod slot;
 mod spin;
 mod sync;
@@ -47,6 +52,8 @@ pub mod threads;
 mod watch;
 mod worker;
 
+pub use bound::Bound;
+pub use builder::{Breaker, Builder, PanicPolicy};
 pub use context::{BatchError, Config, Context, Stats, MAX_INPUT};
 pub use error::{AffError, Error, ErrorCode, SpawnError, TrySubmitError};
 pub use labels::with_label;
@@ -55,7 +62,7 @@ pub use model::{mix64, Model};
 pub use pool::{Dispatch, Pool, PoolBuilder};
 pub use slot::Ticket;
 pub use watch::{Alarm, ThreadWatch, WatchConfig};
-pub use worker::{owners_started, Bound, Breaker, Builder, PanicPolicy, PinnedWorker, TIMED_ONE_JOB_IN};
+pub use worker::{owners_started, PinnedWorker, TIMED_ONE_JOB_IN};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::builder::Builder;
 use crate::error::{Error, SpawnError};
 use crate::metrics::{MetricsSnapshot, Padded};
 use crate::placement::{Placement, Topology};
 use crate::slot::Ticket;
-use crate::worker::{Builder, PinnedWorker};
+use crate::worker::PinnedWorker;
 
 /// How [`Pool::run`] and [`Pool::submit`] pick a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,0 +1,301 @@
+//! [`Builder`]: how a worker is configured and started, with the
+//! [`PanicPolicy`] and [`Breaker`] that decide what a panic does.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel as channel;
+
+use crate::doorbell::Doorbell;
+use crate::error::{panic_message, SpawnError};
+use crate::job::OwnerState;
+use crate::mailbox::{Mailboxes, Scanner};
+use crate::metrics::{Counters, Histogram, Padded};
+use crate::owner::{owner_loop, Core};
+use crate::shared::Shared;
+use crate::worker::{PinnedWorker, NEXT_WORKER_ID};
+
+/// What the owner does after a job panics. The panicking job's caller always
+/// gets [`Error::Panicked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PanicPolicy {
+    /// Keep the state and go on (the default).
+    #[default]
+    Keep,
+    /// Drop the state on its owner thread, end that thread (and its
+    /// `__thread` storage), and run `init` again on a fresh owner thread.
+    Reinit,
+    /// Stop the worker: later jobs get [`Error::Stopped`].
+    Stop,
+}
+
+/// The circuit breaker: after `max_panics` panics within `window`, callers
+/// fail fast with [`Error::Broken`] for `cooldown`; then the state is
+/// re-initialised on a fresh owner thread, and the breaker closes once that
+/// succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    /// Panics that trip it.
+    pub max_panics: u32,
+    /// Within this long.
+    pub window: Duration,
+    /// How long it stays open before a re-init is tried.
+    pub cooldown: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            max_panics: 5,
+            window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Configures and starts a [`PinnedWorker`].
+///
+/// ```
+/// use std::time::Duration;
+/// use pinned_ffi::{PanicPolicy, PinnedWorker};
+/// let w = PinnedWorker::builder()
+///     .name("gpu-0")
+///     .capacity(256)
+///     .panic_policy(PanicPolicy::Reinit)
+///     .spin(Duration::from_micros(20))
+///     .spawn(|| Ok::<_, std::io::Error>(Vec::<u8>::new()))?;
+/// assert_eq!(w.run(|v| { v.push(1); v.len() })?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    pub(crate) name: Option<String>,
+    pub(crate) stack_size: Option<usize>,
+    pub(crate) capacity: usize,
+    pub(crate) panic_policy: PanicPolicy,
+    pub(crate) breaker: Option<Breaker>,
+    pub(crate) cpus: Option<Vec<usize>>,
+    pub(crate) spin: Duration,
+    pub(crate) owner_spin: Duration,
+    pub(crate) timings: bool,
+    /// Set by `PoolBuilder`: the pool's name and this worker's index.
+    pub(crate) pool: Option<(String, usize)>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            name: None,
+            stack_size: None,
+            capacity: 1024,
+            panic_policy: PanicPolicy::Keep,
+            breaker: Some(Breaker::default()),
+            cpus: None,
+            spin: Duration::from_micros(50),
+            owner_spin: Duration::from_micros(50),
+            timings: true,
+            pool: None,
+        }
+    }
+}
+
+impl Builder {
+    /// The owner thread's name (default `pinned-<id>`; a pool names its
+    /// workers `<pool>-<index>`). Linux shows the first 15 bytes.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// The owner thread's stack size in bytes.
+    ///
+    /// ```
+    /// let w = pinned_ffi::PinnedWorker::builder().stack_size(256 * 1024).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// w.run(|_| ())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+    /// Queue capacity (default 1024, at least 1): `submit` blocks and
+    /// `try_submit` gives the job back when this many are waiting.
+    pub fn capacity(mut self, jobs: usize) -> Self {
+        self.capacity = jobs.max(1);
+        self
+    }
+    /// What to do after a job panics (default [`PanicPolicy::Keep`]).
+    pub fn panic_policy(mut self, policy: PanicPolicy) -> Self {
+        self.panic_policy = policy;
+        self
+    }
+    /// The circuit breaker (default: 5 panics in 10 s, 1 s cooldown);
+    /// `None` disables it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pinned_ffi::{Breaker, PinnedWorker};
+    /// let b = Breaker { max_panics: 3, window: Duration::from_secs(1), cooldown: Duration::from_millis(100) };
+    /// let w = PinnedWorker::builder().breaker(Some(b)).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// # drop(w);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn breaker(mut self, breaker: Option<Breaker>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+    /// Pins the owner thread to these CPUs (Linux `sched_setaffinity`).
+    ///
+    /// ```
+    /// let w = pinned_ffi::PinnedWorker::builder().cpus([0]).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// assert_eq!(w.run(|_| pinned_ffi::threads::current_affinity())??, vec![0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cpus(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        self.cpus = Some(cpus.into_iter().collect());
+        self
+    }
+    /// How long a waiting caller spins before it parks (default 50 µs).
+    /// Spinning turns a hand-off into a cache-line transfer instead of a
+    /// futex wake (tens of µs on a VM); zero always parks. While the
+    /// threads taking part in hand-offs outnumber the cores, spinners
+    /// yield the core on every round after the first few. An awaited
+    /// [`Ticket`] spins at most [`Ticket::POLL_SPIN`] of it.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+    /// How long an idle owner spins for the next job before it parks
+    /// (default 50 µs). After that an idle worker costs no CPU.
+    pub fn owner_spin(mut self, spin: Duration) -> Self {
+        self.owner_spin = spin;
+        self
+    }
+    /// Whether to time jobs for the queue-wait and run-time histograms
+    /// (default on). One job in [`TIMED_ONE_JOB_IN`] per calling thread is
+    /// timed, with three clock reads; the others pay nothing.
+    ///
+    /// ```
+    /// let w = pinned_ffi::PinnedWorker::builder().timings(false).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// w.run(|_| ())?;
+    /// assert_eq!(w.metrics().run_time.count, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn timings(mut self, on: bool) -> Self {
+        self.timings = on;
+        self
+    }
+
+    /// Marks the worker as `index` of the pool `name` (thread name and
+    /// tracing fields).
+    pub(crate) fn in_pool(mut self, name: &str, index: usize) -> Self {
+        self.pool = Some((name.to_owned(), index));
+        self.name(format!("{name}-{index}"))
+    }
+
+    /// Starts the owner thread and runs `init` on it. Returns once `init`
+    /// has finished: with the worker, or with `init`'s error and the thread
+    /// joined. `init` is kept to re-initialise the state on a fresh thread
+    /// (see [`PanicPolicy::Reinit`] and [`Breaker`]).
+    ///
+    /// # Errors
+    /// [`SpawnError::Init`] with `init`'s error, [`SpawnError::InitPanicked`],
+    /// or [`SpawnError::Os`] when the thread or CPU set is refused.
+    pub fn spawn<S, E, F>(self, init: F) -> Result<PinnedWorker<S>, SpawnError<E>>
+    where
+        S: 'static,
+        E: std::fmt::Display + Send + 'static,
+        F: FnMut() -> Result<S, E> + Send + 'static,
+    {
+        let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
+        let name = self.name.clone().unwrap_or_else(|| format!("pinned-{id}"));
+        let (tx, rx) = channel::bounded(self.capacity);
+        let (release_tx, release_rx) = channel::unbounded();
+        let mailboxes = Mailboxes::new();
+        let owner_mailboxes = Arc::clone(&mailboxes);
+        let shared = Arc::new(Shared {
+            id,
+            name,
+            config: self,
+            epoch: Instant::now(),
+            closed: AtomicBool::new(false),
+            inflight: Padded(AtomicUsize::new(0)),
+            broken: AtomicBool::new(false),
+            broken_until: AtomicU64::new(0),
+            broken_reason: Mutex::new(String::new()),
+            stopped: AtomicBool::new(false),
+            aborting: AtomicBool::new(false),
+            counters: Counters::default(),
+            queue_wait: Histogram::new(),
+            run_time: Histogram::new(),
+            threads: Mutex::new(Vec::new()),
+            exited: Mutex::new(false),
+            exit_cv: Condvar::new(),
+            next_bound: AtomicU64::new(1),
+            owner_tid: AtomicU64::new(0),
+            bell: Doorbell::new(),
+        });
+
+        let (ready_tx, ready_rx) = channel::bounded::<Result<(), SpawnError<E>>>(1);
+        let mut init = init;
+        let thread_shared = Arc::clone(&shared);
+        let handle = shared.thread_builder().spawn(move || {
+            let shared = thread_shared;
+            if let Err(e) = shared.enter_owner_thread() {
+                let _ = ready_tx.send(Err(SpawnError::Os(e)));
+                return;
+            }
+            let first = match panic::catch_unwind(AssertUnwindSafe(&mut init)) {
+                Ok(Ok(state)) => state,
+                Ok(Err(e)) => {
+                    let _ = ready_tx.send(Err(SpawnError::Init(e)));
+                    return;
+                }
+                Err(payload) => {
+                    let _ = ready_tx.send(Err(SpawnError::InitPanicked(panic_message(&*payload))));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            drop(ready_tx);
+            let core = Core {
+                shared,
+                rx,
+                releases: release_rx,
+                mailboxes: Scanner::new(owner_mailboxes),
+                init: Box::new(move || init().map_err(|e| e.to_string())),
+                panics: VecDeque::new(),
+                engaged: None,
+            };
+            owner_loop(core, Some(OwnerState::new(first)), None);
+        })?;
+
+        match ready_rx.recv() {
+            Ok(Ok(())) => {
+                shared
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(handle);
+                Ok(PinnedWorker {
+                    shared,
+                    tx,
+                    releases: release_tx,
+                    mailboxes,
+                    _state: PhantomData,
+                })
+            }
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(SpawnError::InitPanicked("owner thread ended during init".into()))
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The part of a worker shared by its handle, its callers and its owner
+//! thread(s): flags, counters, the doorbell and the exit handshake.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::builder::Builder;
+use crate::doorbell::Doorbell;
+use crate::error::Error;
+use crate::lane::Owner;
+use crate::metrics::{Counters, Histogram, Padded};
+use crate::worker::{OWNERS_STARTED, OWNER_OF};
+
+/// The part of a worker shared by its handle and its owner thread(s).
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) config: Builder,
+    pub(crate) epoch: Instant,
+    pub(crate) closed: AtomicBool,
+    /// Written by every caller: a cache line of its own.
+    pub(crate) inflight: Padded<AtomicUsize>,
+    pub(crate) broken: AtomicBool,
+    pub(crate) broken_until: AtomicU64,
+    pub(crate) broken_reason: Mutex<String>,
+    pub(crate) stopped: AtomicBool,
+    pub(crate) aborting: AtomicBool,
+    pub(crate) counters: Counters,
+    pub(crate) queue_wait: Histogram,
+    pub(crate) run_time: Histogram,
+    /// Owner threads not yet joined: the current one and any it replaced.
+    pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) exited: Mutex<bool>,
+    pub(crate) exit_cv: Condvar,
+    pub(crate) next_bound: AtomicU64,
+    pub(crate) owner_tid: AtomicU64,
+    /// How producers signal work and wake a parking owner.
+    pub(crate) bell: Doorbell,
+}
+
+impl Shared {
+    pub(crate) fn thread_builder(&self) -> thread::Builder {
+        let mut b = thread::Builder::new().name(self.name.clone());
+        if let Some(size) = self.config.stack_size {
+            b = b.stack_size(size);
+        }
+        b
+    }
+
+    /// Runs first on every owner thread: marks it, applies the CPU set.
+    pub(crate) fn enter_owner_thread(&self) -> std::io::Result<()> {
+        OWNER_OF.with(|o| o.set(self.id));
+        // ORDERING: a statistic.
+        OWNERS_STARTED.fetch_add(1, Ordering::Relaxed);
+        // ORDERING: informational.
+        self.owner_tid
+            .store(crate::threads::current_tid(), Ordering::Relaxed);
+        self.bell.set_owner(crate::sync::current());
+        match &self.config.cpus {
+            Some(cpus) => crate::threads::set_current_affinity(cpus),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn nanos_now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn trip(&self, reason: String, cooldown: Duration) {
+        *self.broken_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        let until = self
+            .nanos_now()
+            .saturating_add(u64::try_from(cooldown.as_nanos()).unwrap_or(u64::MAX));
+        // ORDERING: the reason is published by the mutex; these two only
+        // steer a fast-fail check, which the owner re-checks.
+        self.broken_until.store(until, Ordering::Relaxed);
+        self.broken.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn heal(&self) {
+        // ORDERING: see `trip`.
+        self.broken.store(false, Ordering::Release);
+    }
+
+    /// `Some(reason)` while callers should fail fast.
+    #[inline]
+    pub(crate) fn broken_now(&self) -> Option<String> {
+        // ORDERING: see `trip`.
+        if !self.broken.load(Ordering::Acquire) {
+            return None;
+        }
+        self.broken_reason_now()
+    }
+
+    /// `broken_now` once the flag was seen set.
+    #[cold]
+    pub(crate) fn broken_reason_now(&self) -> Option<String> {
+        if self.nanos_now() >= self.broken_until.load(Ordering::Relaxed) {
+            return None; // cooldown over: let a job through to trigger re-init
+        }
+        Some(
+            self.broken_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+
+    pub(crate) fn refusal(&self) -> Error {
+        // ORDERING: flags read after `closed` was seen set.
+        if self.stopped.load(Ordering::Acquire) {
+            Error::Stopped
+        } else {
+            Error::Closed
+        }
+    }
+
+    pub(crate) fn has_exited(&self) -> bool {
+        *self.exited.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn mark_exited(&self) {
+        *self.exited.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.exit_cv.notify_all();
+    }
+
+    /// Waits for the last owner thread to finish; `false` on time-out.
+    pub(crate) fn wait_exited(&self, deadline: Option<Instant>) -> bool {
+        let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        while !*exited {
+            match deadline {
+                None => exited = self.exit_cv.wait(exited).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    exited = self
+                        .exit_cv
+                        .wait_timeout(exited, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// What a caller posting to a mailbox needs to know of the owner.
+impl Owner for Shared {
+    #[inline]
+    fn posted(&self) {
+        self.bell.ring_after_post();
+    }
+
+    #[inline]
+    fn taking(&self) -> bool {
+        // ORDERING: SeqCst after the post's SeqCst publish, paired with
+        // `drain_rejecting`'s SeqCst store and fence before its scans:
+        // if this reads false the store comes later in the single order,
+        // so those scans see the post.
+        !self.closed.load(Ordering::SeqCst)
+    }
+
+    fn exited(&self) -> bool {
+        self.has_exited()
+    }
+
+    fn refusal(&self) -> Error {
+        Shared::refusal(self)
+    }
+}
+
+/// A producer in flight (see `PinnedWorker::enter`).
+pub(crate) struct InFlight<'a>(pub(crate) &'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // ORDERING: see `PinnedWorker::enter`.
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
