@@ -26,6 +26,10 @@ static __thread int tls_error;
 static __thread char tls_message[AFF_MESSAGE_CAP];
 /* Its address identifies the calling thread among live threads. */
 static __thread char tls_token;
+/* Number of aff_visit calls running on this thread (nested visits count
+ * each). While it is non-zero tls_current is pinned: nothing may change or
+ * destroy it, so the visit loop's op_one always has a context. */
+static __thread unsigned long tls_visit_depth;
 
 static _Atomic uint64_t g_created, g_destroyed, g_calls, g_no_context,
     g_wrong_thread, g_busy, g_switches;
@@ -94,6 +98,10 @@ int aff_ctx_destroy(aff_ctx *ctx) {
         bump(&g_wrong_thread);
         return fail(AFF_E_WRONG_THREAD, "aff_ctx_destroy: called from a thread that does not own the context");
     }
+    if (tls_current == ctx && tls_visit_depth > 0)
+        return fail(AFF_E_IN_CALLBACK,
+                    "aff_ctx_destroy: called from inside an aff_visit callback on this thread, "
+                    "and the context is the current one the visit runs on");
     if (tls_current == ctx) release_current();
     if (atomic_load_explicit(&ctx->bound, memory_order_acquire) != 0) {
         bump(&g_busy);
@@ -107,6 +115,10 @@ int aff_ctx_destroy(aff_ctx *ctx) {
 int aff_make_current(aff_ctx *ctx) {
     if (ctx == NULL) return fail(AFF_E_INVALID_ARG, "aff_make_current: ctx is NULL");
     if (tls_current == ctx) return AFF_OK;
+    if (tls_visit_depth > 0)
+        return fail(AFF_E_IN_CALLBACK,
+                    "aff_make_current: called from inside an aff_visit callback on this thread; "
+                    "switching contexts would release the one the visit runs on");
     uintptr_t expected = 0;
     /* Acquire: see the saved_state written by the last thread to release. */
     if (!atomic_compare_exchange_strong_explicit(&ctx->bound, &expected, thread_id(),
@@ -122,6 +134,10 @@ int aff_make_current(aff_ctx *ctx) {
 }
 
 int aff_release_current(void) {
+    if (tls_visit_depth > 0)
+        return fail(AFF_E_IN_CALLBACK,
+                    "aff_release_current: called from inside an aff_visit callback on this thread; "
+                    "the current context is the one the visit runs on");
     if (tls_current == NULL) {
         bump(&g_no_context);
         return fail(AFF_E_NO_CONTEXT, "aff_release_current: no context is current on this thread");
@@ -188,17 +204,24 @@ int aff_ctx_info(const aff_ctx *ctx, uint64_t *calls_out) {
 int aff_visit(uint64_t n, aff_visit_cb cb, void *user) {
     if (cb == NULL) return fail(AFF_E_INVALID_ARG, "aff_visit: cb is NULL");
     if (tls_current == NULL) return no_context("aff_visit");
+    /* Pin tls_current for the whole loop, callbacks included (see
+     * tls_visit_depth); every exit below goes through the decrement. */
+    tls_visit_depth++;
+    int rc = AFF_OK;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t v = 0;
         /* i <= AFF_MAX_INPUT for any realistic n; an error stops the visit. */
-        int rc = op_one(i, &v, "aff_visit");
-        if (rc != AFF_OK) return rc;
+        rc = op_one(i, &v, "aff_visit");
+        if (rc != AFF_OK) break;
         bump(&g_calls);
-        if (cb(user, i, v) != 0)
-            return fail(AFF_E_CALLBACK, "aff_visit: callback stopped the visit at index %llu",
-                        (unsigned long long)i);
+        if (cb(user, i, v) != 0) {
+            rc = fail(AFF_E_CALLBACK, "aff_visit: callback stopped the visit at index %llu",
+                      (unsigned long long)i);
+            break;
+        }
     }
-    return AFF_OK;
+    tls_visit_depth--;
+    return rc;
 }
 
 int aff_last_error(void) { return tls_error; }

@@ -20,6 +20,13 @@
  *   message in the calling thread's __thread storage; successful calls leave
  *   them untouched. Reading them on another thread reads that thread's error.
  *
+ * Visits: while aff_visit runs on a thread (its callbacks included), that
+ * thread's current context is pinned. Anything that would change or destroy
+ * it fails with AFF_E_IN_CALLBACK: aff_make_current of another context,
+ * aff_release_current, aff_ctx_destroy of the current context. Creating
+ * contexts, destroying non-current ones, aff_op on the visited context and
+ * nested visits of it stay allowed, since they do not disturb the visit.
+ *
  * Output model: make-current loads the context's state s; each successful
  * aff_op(in) does s = aff_mix64(s ^ in) and returns the new s. A new context
  * starts at s = aff_mix64(seed). Failed calls do not change s.
@@ -48,6 +55,11 @@ extern "C" {
 #define AFF_E_CALLBACK 5
 /** Out of memory. */
 #define AFF_E_NOMEM 6
+/** Called from inside an aff_visit callback on this thread, and the call
+ *  would change or destroy the context the visit runs on (aff_make_current
+ *  of another context, aff_release_current, aff_ctx_destroy of the current
+ *  context). Nothing was changed. */
+#define AFF_E_IN_CALLBACK 7
 
 /** Largest valid input to aff_op: inputs above it are invalid by contract. */
 #define AFF_MAX_INPUT 0x0000FFFFFFFFFFFFull
@@ -87,7 +99,8 @@ typedef struct aff_stats {
     uint64_t switches;
 } aff_stats;
 
-/** Callback for aff_visit: return 0 to go on, non-zero to stop. */
+/** Callback for aff_visit: return 0 to go on, non-zero to stop. It must
+ *  return normally (no longjmp or unwinding out of it). */
 typedef int (*aff_visit_cb)(void *user, uint64_t index, uint64_t value);
 
 /**
@@ -102,20 +115,28 @@ int aff_ctx_create(const aff_config *cfg, aff_ctx **out);
  * Destroys a context. Owner thread only (AFF_E_WRONG_THREAD otherwise).
  * If it is current on the calling thread it is released first; if it is
  * current on another thread: AFF_E_BUSY. NULL: AFF_E_INVALID_ARG.
+ * AFF_E_IN_CALLBACK if it is the calling thread's current context and an
+ * aff_visit is running on this thread (a callback would pull the context out
+ * from under the visit); destroying a context that is not current stays
+ * allowed during a visit.
  */
 int aff_ctx_destroy(aff_ctx *ctx);
 
 /**
  * Makes ctx current on the calling thread, releasing the thread's previous
  * current context if any. Any thread. Errors: AFF_E_INVALID_ARG (NULL),
- * AFF_E_BUSY (current on another thread). Making the already current context
- * current again is a no-op.
+ * AFF_E_BUSY (current on another thread), AFF_E_IN_CALLBACK (ctx is not the
+ * current context and an aff_visit is running on this thread: switching would
+ * release the context the visit runs on). Making the already current context
+ * current again is a no-op, also during a visit.
  */
 int aff_make_current(aff_ctx *ctx);
 
 /**
  * Releases the calling thread's current context, saving its call state into
- * it. Errors: AFF_E_NO_CONTEXT (none current on this thread).
+ * it. Errors: AFF_E_NO_CONTEXT (none current on this thread),
+ * AFF_E_IN_CALLBACK (an aff_visit is running on this thread: the current
+ * context is the one it runs on).
  */
 int aff_release_current(void);
 
@@ -143,6 +164,12 @@ int aff_ctx_info(const aff_ctx *ctx, uint64_t *calls_out);
 /**
  * For i in 0..n: v = aff_op(i), then cb(user, i, v), on the calling thread.
  * A non-zero return from cb stops the visit with AFF_E_CALLBACK.
+ * Until it returns, the thread's current context is pinned: from cb,
+ * aff_make_current of another context, aff_release_current and
+ * aff_ctx_destroy of the current context fail with AFF_E_IN_CALLBACK (see the
+ * contract above). cb may create contexts, destroy non-current ones, call
+ * aff_op and aff_op_batch (on the visited context: they advance its state
+ * between the visit's own calls) and visit again (nested).
  * Errors: AFF_E_INVALID_ARG (cb NULL), AFF_E_NO_CONTEXT, AFF_E_CALLBACK.
  */
 int aff_visit(uint64_t n, aff_visit_cb cb, void *user);

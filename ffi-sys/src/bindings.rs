@@ -10,6 +10,7 @@ pub const AFF_E_BUSY: ::core::ffi::c_int = 3;
 pub const AFF_E_WRONG_THREAD: ::core::ffi::c_int = 4;
 pub const AFF_E_CALLBACK: ::core::ffi::c_int = 5;
 pub const AFF_E_NOMEM: ::core::ffi::c_int = 6;
+pub const AFF_E_IN_CALLBACK: ::core::ffi::c_int = 7;
 pub const AFF_MAX_INPUT: u64 = 281474976710655;
 pub const AFF_MAX_INIT_WORK: u32 = 100000000;
 pub const AFF_DEFAULT_INIT_WORK: u32 = 20000;
@@ -66,7 +67,7 @@ const _: () = {
     ["Offset of field: aff_stats::busy"][::core::mem::offset_of!(aff_stats, busy) - 40usize];
     ["Offset of field: aff_stats::switches"][::core::mem::offset_of!(aff_stats, switches) - 48usize];
 };
-#[doc = " Callback for aff_visit: return 0 to go on, non-zero to stop."]
+#[doc = " Callback for aff_visit: return 0 to go on, non-zero to stop. It must\n  return normally (no longjmp or unwinding out of it)."]
 pub type aff_visit_cb = ::core::option::Option<
     unsafe extern "C" fn(user: *mut ::core::ffi::c_void, index: u64, value: u64) -> ::core::ffi::c_int,
 >;
@@ -75,15 +76,15 @@ unsafe extern "C" {
     pub fn aff_ctx_create(cfg: *const aff_config, out: *mut *mut aff_ctx) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    #[doc = " Destroys a context. Owner thread only (AFF_E_WRONG_THREAD otherwise).\n If it is current on the calling thread it is released first; if it is\n current on another thread: AFF_E_BUSY. NULL: AFF_E_INVALID_ARG."]
+    #[doc = " Destroys a context. Owner thread only (AFF_E_WRONG_THREAD otherwise).\n If it is current on the calling thread it is released first; if it is\n current on another thread: AFF_E_BUSY. NULL: AFF_E_INVALID_ARG.\n AFF_E_IN_CALLBACK if it is the calling thread's current context and an\n aff_visit is running on this thread (a callback would pull the context out\n from under the visit); destroying a context that is not current stays\n allowed during a visit."]
     pub fn aff_ctx_destroy(ctx: *mut aff_ctx) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    #[doc = " Makes ctx current on the calling thread, releasing the thread's previous\n current context if any. Any thread. Errors: AFF_E_INVALID_ARG (NULL),\n AFF_E_BUSY (current on another thread). Making the already current context\n current again is a no-op."]
+    #[doc = " Makes ctx current on the calling thread, releasing the thread's previous\n current context if any. Any thread. Errors: AFF_E_INVALID_ARG (NULL),\n AFF_E_BUSY (current on another thread), AFF_E_IN_CALLBACK (ctx is not the\n current context and an aff_visit is running on this thread: switching would\n release the context the visit runs on). Making the already current context\n current again is a no-op, also during a visit."]
     pub fn aff_make_current(ctx: *mut aff_ctx) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    #[doc = " Releases the calling thread's current context, saving its call state into\n it. Errors: AFF_E_NO_CONTEXT (none current on this thread)."]
+    #[doc = " Releases the calling thread's current context, saving its call state into\n it. Errors: AFF_E_NO_CONTEXT (none current on this thread),\n AFF_E_IN_CALLBACK (an aff_visit is running on this thread: the current\n context is the one it runs on)."]
     pub fn aff_release_current() -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
@@ -99,7 +100,7 @@ unsafe extern "C" {
     pub fn aff_ctx_info(ctx: *const aff_ctx, calls_out: *mut u64) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
-    #[doc = " For i in 0..n: v = aff_op(i), then cb(user, i, v), on the calling thread.\n A non-zero return from cb stops the visit with AFF_E_CALLBACK.\n Errors: AFF_E_INVALID_ARG (cb NULL), AFF_E_NO_CONTEXT, AFF_E_CALLBACK."]
+    #[doc = " For i in 0..n: v = aff_op(i), then cb(user, i, v), on the calling thread.\n A non-zero return from cb stops the visit with AFF_E_CALLBACK.\n Until it returns, the thread's current context is pinned: from cb,\n aff_make_current of another context, aff_release_current and\n aff_ctx_destroy of the current context fail with AFF_E_IN_CALLBACK (see the\n contract above). cb may create contexts, destroy non-current ones, call\n aff_op and aff_op_batch (on the visited context: they advance its state\n between the visit's own calls) and visit again (nested).\n Errors: AFF_E_INVALID_ARG (cb NULL), AFF_E_NO_CONTEXT, AFF_E_CALLBACK."]
     pub fn aff_visit(n: u64, cb: aff_visit_cb, user: *mut ::core::ffi::c_void) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {

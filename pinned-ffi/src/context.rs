@@ -110,7 +110,11 @@ impl Context {
     ///
     /// # Errors
     /// `InvalidArg` for a zero seed or too much `init_work`, with the C
-    /// library's message; `NoMem`.
+    /// library's message; `NoMem`. `InCallback` when called from inside a
+    /// [`visit`](Self::visit) callback: making the new context current would
+    /// release the visited one. The context created before that failure is
+    /// destroyed again (it was never current, so the C library allows it),
+    /// so nothing leaks.
     pub fn new(config: &Config) -> Result<Context, AffError> {
         let cfg = ffi::aff_config {
             init_work: config.init_work,
@@ -125,6 +129,8 @@ impl Context {
             raw,
             _not_send: PhantomData,
         };
+        // On failure (`InCallback` inside a visit) `ctx` is dropped here,
+        // while not current: a destroy the C library always allows.
         ctx.make_current()?;
         Ok(ctx)
     }
@@ -135,7 +141,10 @@ impl Context {
     ///
     /// # Errors
     /// `Busy` if it is current on another thread (only possible through
-    /// [`as_ptr`](Self::as_ptr)).
+    /// [`as_ptr`](Self::as_ptr)). `InCallback` when called from inside the
+    /// [`visit`](Self::visit) callback of another context: the C library
+    /// pins the visited context as current until the visit returns, so
+    /// nothing is changed.
     ///
     /// ```
     /// let (mut a, mut b) = (pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?, pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(2))?);
@@ -155,6 +164,8 @@ impl Context {
     ///
     /// # Errors
     /// `InvalidArg` when `input > MAX_INPUT` (the state is unchanged).
+    /// `InCallback` from inside another context's [`visit`](Self::visit)
+    /// callback (see [`make_current`](Self::make_current)); no call is made.
     #[inline]
     pub fn op(&mut self, input: u64) -> Result<u64, AffError> {
         self.make_current()?;
@@ -169,7 +180,8 @@ impl Context {
     ///
     /// # Errors
     /// At the first invalid input: the error, with `done` the number of
-    /// outputs written before it.
+    /// outputs written before it. `InCallback` with `done == 0` from inside
+    /// another context's [`visit`](Self::visit) callback.
     ///
     /// # Panics
     /// If `out` is shorter than `inputs`.
@@ -218,8 +230,35 @@ impl Context {
     /// A panic in `visit` never unwinds through C: it is caught, the visit
     /// is stopped, and the panic resumes here once C has returned.
     ///
+    /// The callback cannot pull this context out from under the visit: it
+    /// borrows `self` mutably for the whole visit, so the callback cannot
+    /// use or drop it, and until the visit returns the C library refuses on
+    /// this thread anything that would make another context current or
+    /// release this one. From the callback, on other contexts of this
+    /// thread, [`Context::new`], [`op`](Self::op),
+    /// [`op_batch`](Self::op_batch), [`make_current`](Self::make_current) and
+    /// a nested `visit` therefore fail with
+    /// [`ErrorCode::InCallback`] and change nothing, while
+    /// [`calls`](Self::calls) and dropping them work as usual. The visit goes
+    /// on with this context's own values either way.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use pinned_ffi::{Config, Context, ErrorCode};
+    /// let mut other = Context::new(&Config::with_seed(2))?;
+    /// let mut ctx = Context::new(&Config::with_seed(1))?;
+    /// ctx.visit(1, |_, _| {
+    ///     assert_eq!(other.op(1).unwrap_err().code, ErrorCode::InCallback);
+    ///     assert_eq!(Context::new(&Config::with_seed(3)).unwrap_err().code, ErrorCode::InCallback);
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(other.calls()?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
-    /// `Callback` when `visit` stopped the visit.
+    /// `Callback` when `visit` stopped the visit. `InCallback` when called
+    /// from inside another context's visit callback (nothing is visited).
     ///
     /// ```
     /// use std::ops::ControlFlow;
@@ -294,6 +333,22 @@ impl Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
+        // Through the safe API this destroy cannot fail, so the assertion
+        // below never fires (and nothing leaks):
+        // - AFF_E_INVALID_ARG: `raw` is non-null.
+        // - AFF_E_WRONG_THREAD: `Context` is !Send, so it is dropped on the
+        //   thread that created it.
+        // - AFF_E_BUSY: the safe API only ever binds the context on its owner
+        //   thread; binding it elsewhere takes `as_ptr` and unsafe code,
+        //   whose contract is to release it there first.
+        // - AFF_E_IN_CALLBACK: needs this context to be the thread's current
+        //   one while an aff_visit runs on this thread. `visit` makes its
+        //   own context current before calling C, the C library then refuses
+        //   every switch until the visit returns, so the current context is
+        //   the visited one, which `visit` borrows mutably for the whole
+        //   visit: the callback cannot drop it. Any other `Context` dropped
+        //   from a callback is not current, and destroying it is allowed
+        //   (this includes the one a failed `Context::new` drops).
         // SAFETY: we own the context and are on its owner thread (!Send);
         // it is never used again.
         let result = cvt(unsafe { ffi::aff_ctx_destroy(self.raw.as_ptr()) });

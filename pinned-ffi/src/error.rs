@@ -20,6 +20,16 @@ pub enum ErrorCode {
     Callback,
     /// `AFF_E_NOMEM`: out of memory.
     NoMem,
+    /// `AFF_E_IN_CALLBACK`: called from inside a [`Context::visit`]
+    /// callback on this thread, and the call would switch, release or
+    /// destroy the context the visit runs on (for example
+    /// [`Context::new`], or `op` on another [`Context`]). Nothing changed;
+    /// the visit goes on with its own context.
+    ///
+    /// [`Context::visit`]: crate::Context::visit
+    /// [`Context::new`]: crate::Context::new
+    /// [`Context`]: crate::Context
+    InCallback,
     /// A code this version does not know.
     Unknown(i32),
 }
@@ -30,6 +40,7 @@ impl ErrorCode {
     /// ```
     /// use pinned_ffi::ErrorCode;
     /// assert_eq!(ErrorCode::from_raw(3), ErrorCode::Busy);
+    /// assert_eq!(ErrorCode::from_raw(7), ErrorCode::InCallback);
     /// assert_eq!(ErrorCode::from_raw(42), ErrorCode::Unknown(42));
     /// ```
     pub fn from_raw(rc: i32) -> Self {
@@ -40,6 +51,7 @@ impl ErrorCode {
             ffi::AFF_E_WRONG_THREAD => Self::WrongThread,
             ffi::AFF_E_CALLBACK => Self::Callback,
             ffi::AFF_E_NOMEM => Self::NoMem,
+            ffi::AFF_E_IN_CALLBACK => Self::InCallback,
             other => Self::Unknown(other),
         }
     }
@@ -57,6 +69,7 @@ impl ErrorCode {
             Self::WrongThread => ffi::AFF_E_WRONG_THREAD,
             Self::Callback => ffi::AFF_E_CALLBACK,
             Self::NoMem => ffi::AFF_E_NOMEM,
+            Self::InCallback => ffi::AFF_E_IN_CALLBACK,
             Self::Unknown(rc) => rc,
         }
     }
@@ -71,6 +84,7 @@ impl fmt::Display for ErrorCode {
             Self::WrongThread => f.write_str("AFF_E_WRONG_THREAD"),
             Self::Callback => f.write_str("AFF_E_CALLBACK"),
             Self::NoMem => f.write_str("AFF_E_NOMEM"),
+            Self::InCallback => f.write_str("AFF_E_IN_CALLBACK"),
             Self::Unknown(rc) => write!(f, "unknown status {rc}"),
         }
     }
