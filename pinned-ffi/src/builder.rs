@@ -1,9 +1,7 @@
 //! [`Builder`]: how a worker is configured and started, with the
 //! [`PanicPolicy`] and [`Breaker`] that decide what a panic does.
 
-use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -11,12 +9,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel as channel;
 
 use crate::doorbell::Doorbell;
-use crate::error::{panic_message, SpawnError};
+use crate::error::SpawnError;
 use crate::job::OwnerState;
 use crate::mailbox::{Mailboxes, Scanner};
 use crate::metrics::{Counters, Histogram, Padded};
-use crate::owner::{owner_loop, Core};
+use crate::owner::{owner_thread, Core};
 use crate::shared::Shared;
+use crate::unwind::catch;
 use crate::worker::{PinnedWorker, NEXT_WORKER_ID};
 
 /// What the owner does after a job panics. The panicking job's caller always
@@ -164,16 +163,33 @@ impl Builder {
     /// threads taking part in hand-offs outnumber the cores, spinners
     /// yield the core on every round after the first few. An awaited
     /// [`Ticket`] spins at most [`Ticket::POLL_SPIN`] of it.
+    ///
+    /// Windows longer than [`Builder::MAX_SPIN`] are clamped to it.
     pub fn spin(mut self, spin: Duration) -> Self {
-        self.spin = spin;
+        self.spin = spin.min(Self::MAX_SPIN);
         self
     }
     /// How long an idle owner spins for the next job before it parks
     /// (default 50 µs). After that an idle worker costs no CPU.
+    ///
+    /// Windows longer than [`Builder::MAX_SPIN`] are clamped to it.
     pub fn owner_spin(mut self, spin: Duration) -> Self {
-        self.owner_spin = spin;
+        self.owner_spin = spin.min(Self::MAX_SPIN);
         self
     }
+
+    /// The longest spin window [`spin`](Self::spin) and
+    /// [`owner_spin`](Self::owner_spin) accept (1 s): a spinning thread
+    /// holds a core, and a wait longer than this is cheaper parked.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // Any window is accepted; the library spins at most MAX_SPIN of it.
+    /// let w = pinned_ffi::PinnedWorker::builder().spin(Duration::MAX).spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// w.run(|_| ())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub const MAX_SPIN: Duration = Duration::from_secs(1);
     /// Whether to time jobs for the queue-wait and run-time histograms
     /// (default on). One job in [`TIMED_ONE_JOB_IN`] per calling thread is
     /// timed, with three clock reads; the others pay nothing.
@@ -228,6 +244,7 @@ impl Builder {
             broken_reason: Mutex::new(String::new()),
             stopped: AtomicBool::new(false),
             aborting: AtomicBool::new(false),
+            died: Mutex::new(None),
             counters: Counters::default(),
             queue_wait: Histogram::new(),
             run_time: Histogram::new(),
@@ -248,29 +265,27 @@ impl Builder {
                 let _ = ready_tx.send(Err(SpawnError::Os(e)));
                 return;
             }
-            let first = match panic::catch_unwind(AssertUnwindSafe(&mut init)) {
+            let first = match catch(&mut init) {
                 Ok(Ok(state)) => state,
                 Ok(Err(e)) => {
                     let _ = ready_tx.send(Err(SpawnError::Init(e)));
                     return;
                 }
-                Err(payload) => {
-                    let _ = ready_tx.send(Err(SpawnError::InitPanicked(panic_message(&*payload))));
+                Err(caught) => {
+                    let _ = ready_tx.send(Err(SpawnError::InitPanicked(caught.message)));
                     return;
                 }
             };
             let _ = ready_tx.send(Ok(()));
             drop(ready_tx);
-            let core = Core {
+            let core = Core::new(
                 shared,
                 rx,
-                releases: release_rx,
-                mailboxes: Scanner::new(owner_mailboxes),
-                init: Box::new(move || init().map_err(|e| e.to_string())),
-                panics: VecDeque::new(),
-                engaged: None,
-            };
-            owner_loop(core, Some(OwnerState::new(first)), None);
+                release_rx,
+                Scanner::new(owner_mailboxes),
+                Box::new(move || init().map_err(|e| e.to_string())),
+            );
+            owner_thread(core, Some(OwnerState::new(first)), None);
         })?;
 
         match ready_rx.recv() {

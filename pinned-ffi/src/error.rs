@@ -126,9 +126,14 @@ pub enum Error {
     /// (`close_timeout` ran out); the job never ran.
     #[error("the worker shut down before the job ran")]
     Shutdown,
-    /// A blocking call on a worker from its own owner thread, which would
-    /// deadlock; nothing was queued.
-    #[error("re-entrant call: a job waited on its own worker, which would deadlock")]
+    /// A blocking wait that could never end, refused: a job waiting on its
+    /// own worker, or a wait that would close a cycle of owners waiting on
+    /// each other (A's job waits on B while B's job waits on A, at any
+    /// depth, pool calls and broadcasts included). Nothing was queued (or
+    /// the awaited job was cancelled if it had not started). Waits outside
+    /// the library (a job joining a thread that calls the job's worker, a
+    /// channel, a lock) cannot be seen and are not detected.
+    #[error("re-entrant call: the wait would deadlock (a job waiting on its own worker, or on a worker that waits on it)")]
     Reentrant,
     /// The worker's circuit breaker is open after repeated panics, or its
     /// state could not be re-initialised; the job was not run.
@@ -138,6 +143,22 @@ pub enum Error {
     /// not run.
     #[error("the worker stopped after a panic")]
     Stopped,
+    /// The owner thread died of a panic outside any job (a bug in the
+    /// library, or in a tracing subscriber it called). The worker is
+    /// closed; this job did not run (or its outcome was lost with the
+    /// thread). The message is the panic's.
+    #[error("the owner thread died: {0}")]
+    OwnerDied(String),
+    /// The job's result is too large to move through the owner thread's
+    /// stack: box it (return a `Box` or a `Vec`) or raise
+    /// [`Builder::stack_size`](crate::Builder::stack_size). Nothing ran.
+    #[error("a {size}-byte result exceeds the {limit}-byte limit for this worker's owner stack")]
+    ResultTooLarge {
+        /// `size_of` the result.
+        size: usize,
+        /// The largest result this worker takes by value.
+        limit: usize,
+    },
     /// An owner-bound handle whose value no longer exists on that worker
     /// (its state was re-initialised) or that belongs to another worker.
     #[error("the owner-bound value is gone or belongs to another worker")]

@@ -6,17 +6,18 @@
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
-use std::panic::{self, AssertUnwindSafe};
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::{panic_message, Error};
+use crate::error::Error;
 use crate::lane::{self, Action, Handled, Lane};
 use crate::mailbox::Posted;
 #[cfg(feature = "tracing")]
 use crate::shared::Shared;
-use crate::slot::Slot;
+use crate::slot::{Publish, Slot};
+use crate::unwind::{catch, drop_caught, AbortOnUnwind};
 
 /// What lives on the owner thread: the user's state and the owner-bound
 /// values handed out as [`Bound`] handles.
@@ -34,11 +35,22 @@ impl<S> OwnerState<S> {
     }
 }
 
-impl<S> Drop for OwnerState<S> {
-    fn drop(&mut self) {
-        // Owner-bound values (buffers, sessions) go before the state that
-        // made them (the context), as an SDK requires.
-        self.bound.clear();
+impl<S> OwnerState<S> {
+    /// Drops the owner-bound values (buffers, sessions) before the state
+    /// that made them (the context), as an SDK requires; each destructor
+    /// under a catch. Returns the panics contained.
+    pub(crate) fn teardown(self) -> u32 {
+        let OwnerState { state, bound } = self;
+        let mut contained = 0;
+        for (_, value) in bound {
+            contained += drop_caught(value);
+        }
+        contained + drop_caught(state)
+    }
+
+    /// Drops one owner-bound value under a catch; the panics contained.
+    pub(crate) fn release(&mut self, id: u64) -> u32 {
+        self.bound.remove(&id).map_or(0, drop_caught)
     }
 }
 
@@ -49,16 +61,51 @@ pub(crate) enum RunOutcome {
     Panicked,
 }
 
+/// How handling a job went, for the owner: the outcome and the panics
+/// contained besides the job's own (a destructor of its captures, of a
+/// panic payload or of a result nobody claimed; a waker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Handling {
+    pub(crate) outcome: RunOutcome,
+    pub(crate) contained: u32,
+}
+
+/// A job handled but not yet published (see [`Slot::fill`]): the owner
+/// publishes it once it no longer holds a reference into the job.
+#[must_use = "the caller waits until the outcome is published"]
+pub(crate) struct Finished {
+    outcome: RunOutcome,
+    contained: u32,
+    publish: Option<Publish>,
+}
+
+impl Finished {
+    /// Publishes the outcome (the job may be freed from then on).
+    ///
+    /// # Safety
+    /// As [`Publish::publish`]: the job is alive and nothing borrowed from
+    /// it is.
+    unsafe fn publish(self) -> Handling {
+        // SAFETY: by the contract.
+        let wakes = self.publish.map_or(0, |p| unsafe { p.publish() });
+        Handling {
+            outcome: self.outcome,
+            contained: self.contained + wakes,
+        }
+    }
+}
+
 /// A type-erased job: the closure, how to call it, and its slot. Methods
 /// take `&self` because a borrowed job lives on its caller's stack while
 /// the owner uses it; `f` is touched by one side at a time (see `JobImpl`).
 pub(crate) trait Job<S>: Send {
-    /// Runs it unless cancelled, calls `tally` with the outcome just before
-    /// the caller can see it, and returns it; after this returns the job is
-    /// not touched.
-    fn run(&self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome;
-    /// Completes it with `error` without running it.
-    fn reject(&self, error: Error);
+    /// Runs it unless cancelled and stores its outcome, calling `tally`
+    /// with the outcome first. The caller publishes the result once this
+    /// `&self` is gone: a borrowed job may be freed the moment it is.
+    fn run(&self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> Finished;
+    /// Stores `error` as its outcome without running it (nothing to
+    /// publish if it was already run or rejected).
+    fn reject(&self, error: Error) -> Finished;
     fn enqueued(&self) -> Option<Instant>;
     #[cfg(feature = "tracing")]
     fn label(&self) -> Option<&str>;
@@ -133,38 +180,57 @@ impl<S, F, R, P: SlotHolder<R>> JobImpl<S, F, R, P> {
 }
 
 impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P> {
-    fn run(&self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome {
+    fn run(&self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> Finished {
         let slot = self.slot.slot();
         // SAFETY: the owner holds the job now; nobody else touches `f`.
         let f = unsafe { self.take_f() };
         if P::CANCELLABLE && !slot.start() {
-            drop(f);
+            // The caller gave up: nobody waits, nothing to publish.
+            let contained = drop_caught(f);
             tally(RunOutcome::Cancelled);
-            return RunOutcome::Cancelled;
+            return Finished {
+                outcome: RunOutcome::Cancelled,
+                contained,
+                publish: None,
+            };
         }
-        let f = f.expect("job runs once");
-        let call = self.call;
-        // The closure is consumed (and so dropped) inside the call, before
-        // `complete` signals the caller: `run` relies on this.
-        let outcome = match panic::catch_unwind(AssertUnwindSafe(|| call(f, owner))) {
-            Ok(r) => (Ok(r), RunOutcome::Done),
-            Err(payload) => {
-                let msg = panic_message(&*payload);
-                drop(payload);
-                (Err(Error::Panicked(msg)), RunOutcome::Panicked)
-            }
+        let Some(f) = f else {
+            // Unreachable: a job is handled once. Answer rather than panic.
+            return Finished {
+                outcome: RunOutcome::Panicked,
+                contained: 0,
+                publish: Some(slot.fill(Err(Error::Panicked("job handled twice".into())))),
+            };
         };
-        tally(outcome.1);
-        // Last touch of a borrowed job: it may be gone right after.
-        slot.complete(outcome.0);
-        outcome.1
+        let call = self.call;
+        // The closure is consumed (and so dropped) inside the call, under
+        // the catch, before the outcome is published: `run` relies on this.
+        let (result, outcome, contained) = match catch(|| call(f, owner)) {
+            Ok(r) => (Ok(r), RunOutcome::Done, 0),
+            Err(caught) => (
+                Err(Error::Panicked(caught.message)),
+                RunOutcome::Panicked,
+                u32::from(caught.payload_panicked),
+            ),
+        };
+        tally(outcome);
+        Finished {
+            outcome,
+            contained,
+            publish: Some(slot.fill(result)),
+        }
     }
 
-    fn reject(&self, error: Error) {
+    fn reject(&self, error: Error) -> Finished {
         // SAFETY: the rejecting side holds the job; nobody else touches `f`.
-        if let Some(f) = unsafe { self.take_f() } {
-            drop(f);
-            self.slot.slot().complete(Err(error));
+        let (contained, publish) = match unsafe { self.take_f() } {
+            Some(f) => (drop_caught(f), Some(self.slot.slot().fill(Err(error)))),
+            None => (0, None),
+        };
+        Finished {
+            outcome: RunOutcome::Cancelled,
+            contained,
+            publish,
         }
     }
 
@@ -181,10 +247,15 @@ impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P
 impl<S, F, R, P: SlotHolder<R>> Drop for JobImpl<S, F, R, P> {
     fn drop(&mut self) {
         // A job dropped without running or being rejected (its channel was
-        // torn down) still gets an outcome.
+        // torn down) still gets an outcome. Only boxed jobs get here with
+        // `f` still set (a borrowed one is run or rejected through its
+        // message), and their slot is an `Arc` this job holds.
         if let Some(f) = self.f.get_mut().take() {
-            drop(f);
-            self.slot.slot().complete(Err(Error::Shutdown));
+            drop_caught(f);
+            let publish = self.slot.slot().fill(Err(Error::Shutdown));
+            // SAFETY: the slot is alive (held by this job) and nothing
+            // borrowed from it is left.
+            let _ = unsafe { publish.publish() };
         }
     }
 }
@@ -216,26 +287,49 @@ unsafe impl<S> Send for JobPtr<S> {}
 
 impl<S> BorrowedJob<S> {
     pub(crate) fn job(&self) -> &dyn Job<S> {
-        // SAFETY: the caller keeps the job alive until it is completed, and
-        // completion happens only through this message (run/reject/drop).
+        // SAFETY: the caller keeps the job alive until its outcome is
+        // published, and that happens only through this message
+        // (run/reject/drop).
         unsafe { self.0 .0.as_ref() }
     }
 
-    pub(crate) fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome {
-        let outcome = self.job().run(owner, tally);
-        std::mem::forget(self); // completed: the job may already be gone
-        outcome
+    /// Consumes the message: from here on it is handled exactly once, and
+    /// its drop (which would reject it) can never run a second time.
+    fn into_ptr(self) -> JobPtr<S> {
+        let ptr = self.0;
+        std::mem::forget(self);
+        ptr
     }
 
-    pub(crate) fn reject(self, error: Error) {
-        self.job().reject(error);
-        std::mem::forget(self);
+    fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> Handling {
+        let ptr = self.into_ptr();
+        // SAFETY: as in `job`; the reference ends with this statement.
+        let finished = unsafe { ptr.0.as_ref() }.run(owner, tally);
+        // SAFETY: the job is alive until this publishes, and no reference
+        // into it is left (the one above ended).
+        unsafe { finished.publish() }
     }
+
+    fn reject(self, error: Error) -> u32 {
+        reject_borrowed(self.into_ptr(), error)
+    }
+}
+
+/// Rejects a borrowed job and publishes the outcome; the panics contained.
+fn reject_borrowed<S>(ptr: JobPtr<S>, error: Error) -> u32 {
+    let region = AbortOnUnwind::new("rejecting a job that borrows its caller's stack");
+    // SAFETY: as in `BorrowedJob::job`; the reference ends with this
+    // statement.
+    let finished = unsafe { ptr.0.as_ref() }.reject(error);
+    // SAFETY: as in `BorrowedJob::run`.
+    let contained = unsafe { finished.publish() }.contained;
+    region.disarm();
+    contained
 }
 
 impl<S> Drop for BorrowedJob<S> {
     fn drop(&mut self) {
-        self.job().reject(Error::Shutdown);
+        reject_borrowed(self.0, Error::Shutdown);
     }
 }
 
@@ -244,20 +338,31 @@ impl<S> Drop for BorrowedJob<S> {
 pub(crate) struct PostedJob<S>(pub(crate) Posted<Lane<OwnerState<S>>>);
 
 impl<S> PostedJob<S> {
-    pub(crate) fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome {
+    /// Consumes the message: handled exactly once from here on.
+    fn into_posted(self) -> Posted<Lane<OwnerState<S>>> {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the post moves
+        // out exactly once.
+        unsafe { std::ptr::read(&this.0) }
+    }
+
+    fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> Handling {
+        let posted = self.into_posted();
         let outcome = |h: Handled| match h {
             Handled::Done => RunOutcome::Done,
             Handled::Panicked => RunOutcome::Panicked,
-            Handled::Rejected => unreachable!("a run is not a rejection"),
+            Handled::Rejected => RunOutcome::Cancelled,
         };
-        let handled = lane::handle(&self.0, Action::Run(owner), |h| tally(outcome(h)));
-        std::mem::forget(self); // answered
-        outcome(handled)
+        let (handled, contained) = lane::handle(&posted, Action::Run(owner), |h| tally(outcome(h)));
+        Handling {
+            outcome: outcome(handled),
+            contained,
+        }
     }
 
-    pub(crate) fn reject(self, error: Error) {
-        lane::handle(&self.0, Action::Reject(error), |_| ());
-        std::mem::forget(self);
+    fn reject(self, error: Error) -> u32 {
+        let posted = self.into_posted();
+        lane::handle(&posted, Action::Reject(error), |_| ()).1
     }
 
     pub(crate) fn lane(&self) -> &Lane<OwnerState<S>> {
@@ -267,12 +372,17 @@ impl<S> PostedJob<S> {
 
 impl<S> Drop for PostedJob<S> {
     fn drop(&mut self) {
-        lane::handle(&self.0, Action::Reject(Error::Shutdown), |_| ());
+        let _ = lane::handle(&self.0, Action::Reject(Error::Shutdown), |_| ());
     }
 }
 
 pub(crate) fn call_state<S, R, F: FnOnce(&mut S) -> R>(f: F, owner: &mut OwnerState<S>) -> R {
     f(&mut owner.state)
+}
+
+/// `call_state` for a large result, boxed as soon as it is made.
+pub(crate) fn call_state_boxed<S, R, F: FnOnce(&mut S) -> R>(f: F, owner: &mut OwnerState<S>) -> Box<R> {
+    Box::new(f(&mut owner.state))
 }
 
 pub(crate) fn call_owner<S, R, G: FnOnce(&mut OwnerState<S>) -> R>(g: G, owner: &mut OwnerState<S>) -> R {
@@ -287,22 +397,50 @@ pub(crate) enum Msg<S> {
 }
 
 impl<S> Msg<S> {
-    pub(crate) fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> RunOutcome {
-        match self {
-            Msg::Job(job) => job.run(owner, tally),
+    /// Runs the job (unless cancelled) and publishes its outcome. Never
+    /// unwinds: user code runs under catches, and the rest under a guard
+    /// that aborts, since a borrowed or posted job's caller may still be
+    /// waiting on memory this thread writes.
+    pub(crate) fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> Handling {
+        let region = AbortOnUnwind::new("the owner handling a job");
+        let handling = match self {
+            Msg::Job(job) => {
+                let finished = job.run(owner, tally);
+                // SAFETY: the slot is an `Arc` the boxed job holds, and the
+                // `&self` of `run` has ended.
+                let mut handling = unsafe { finished.publish() };
+                // The result may be dropped here (its ticket is gone).
+                handling.contained += drop_caught(job);
+                handling
+            }
             Msg::Borrowed(job) => job.run(owner, tally),
             Msg::Posted(job) => job.run(owner, tally),
-            Msg::Stop => unreachable!("Stop is not a job"),
-        }
+            Msg::Stop => Handling {
+                outcome: RunOutcome::Cancelled,
+                contained: 0,
+            },
+        };
+        region.disarm();
+        handling
     }
 
-    pub(crate) fn reject(self, error: Error) {
-        match self {
-            Msg::Job(job) => job.reject(error),
+    /// Answers the job with `error` without running it; the panics
+    /// contained (its captures' destructors). Never unwinds (see `run`).
+    pub(crate) fn reject(self, error: Error) -> u32 {
+        let region = AbortOnUnwind::new("the owner rejecting a job");
+        let contained = match self {
+            Msg::Job(job) => {
+                let finished = job.reject(error);
+                // SAFETY: as in `run`.
+                let contained = unsafe { finished.publish() }.contained;
+                contained + drop_caught(job)
+            }
             Msg::Borrowed(job) => job.reject(error),
             Msg::Posted(job) => job.reject(error),
-            Msg::Stop => {}
-        }
+            Msg::Stop => 0,
+        };
+        region.disarm();
+        contained
     }
 
     pub(crate) fn enqueued(&self) -> Option<Instant> {
@@ -332,5 +470,50 @@ impl<S> Msg<S> {
             None => ("", -1),
         };
         tracing::info_span!("pinned_ffi::job", worker = %shared.name, pool, index, label = label.unwrap_or(""))
+    }
+}
+
+#[cfg(all(test, not(pinned_loom)))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Once the owner publishes a borrowed job's outcome, its caller may
+    /// return and free the job: the owner must hold no reference into it
+    /// by then (raw pointers only; the release is its last access). Under
+    /// Miri (`scripts/sanitizers.sh`) this is the regression test for that
+    /// rule: a reference still protected by a running `&self` method when
+    /// the caller frees the job is undefined behaviour there.
+    #[test]
+    fn a_borrowed_job_may_be_freed_the_moment_its_outcome_is_published() {
+        let (tx, rx) = std::sync::mpsc::channel::<Msg<u64>>();
+        let owner = std::thread::spawn(move || {
+            let mut o = OwnerState::new(0u64);
+            for msg in rx {
+                let handling = msg.run(&mut o, &mut |_| ());
+                assert_eq!(handling.outcome, RunOutcome::Done);
+            }
+            o.state
+        });
+        let mut want = 0;
+        for i in 0..20u64 {
+            // The job lives in this iteration's frame and is gone after it.
+            let job = JobImpl::new(
+                move |o: &mut OwnerState<u64>| {
+                    o.state += i;
+                    o.state
+                },
+                call_owner,
+                Slot::new(1),
+                None,
+            );
+            let ptr: NonNull<dyn Job<u64>> = NonNull::from(&job);
+            tx.send(Msg::Borrowed(BorrowedJob(JobPtr(ptr)))).unwrap();
+            want += i;
+            // Spin 0: park at once, the path where the owner also wakes us.
+            assert_eq!(job.slot.wait(Duration::ZERO), Ok(want));
+        }
+        drop(tx);
+        assert_eq!(owner.join().unwrap(), want);
     }
 }

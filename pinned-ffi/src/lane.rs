@@ -22,18 +22,26 @@
 //! `WAITING` and unparks it: no wake-up is lost.
 
 use std::mem::{align_of, size_of, MaybeUninit};
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::error::{panic_message, Error};
+use crate::error::Error;
 use crate::mailbox::{Mailbox, Posted};
 use crate::spin::spin_until_done;
 use crate::sync::{self, AtomicU32, Thread, UnsafeCell};
+use crate::unwind::{catch, drop_caught, AbortOnUnwind};
 
-const PAYLOAD_WORDS: usize = 5;
+/// The payload's storage: its alignment is declared here, not inherited
+/// from a field type whose alignment varies by target (`u64` is 4-aligned
+/// on i686), and `fits` reads it from this type.
+#[repr(C, align(8))]
+struct Payload([MaybeUninit<u8>; PAYLOAD]);
+
 /// Bytes a closure, and separately its result, may take to travel inline.
-pub(crate) const PAYLOAD: usize = PAYLOAD_WORDS * 8;
+pub(crate) const PAYLOAD: usize = 40;
+
+// The hot part of the lane is laid out for an 8-aligned, 40-byte payload.
+const _: () = assert!(align_of::<Payload>() == 8 && size_of::<Payload>() == PAYLOAD);
 
 /// Answer status: the result is in the payload (or the caller's frame).
 const OK: u32 = 1;
@@ -86,7 +94,9 @@ pub(crate) trait Owner {
 
 /// Runs or rejects the job in a lane; monomorphised for its closure and
 /// result types, and chosen by the caller who knows them.
-type Handler<O> = unsafe fn(&Lane<O>, Action<'_, O>) -> Handled;
+/// It returns how the post was handled and the panics it contained
+/// besides the job's own (destructors of captures and panic payloads).
+type Handler<O> = unsafe fn(&Lane<O>, Action<'_, O>) -> (Handled, u32);
 
 /// A mailbox's cargo. `repr(C)`: the first four fields follow the mailbox's
 /// sequence number on its first cache line; the rest is touched only for
@@ -99,7 +109,7 @@ pub(crate) struct Lane<O> {
     stamped: UnsafeCell<bool>,
     handler: UnsafeCell<Option<Handler<O>>>,
     /// The closure going in; the result (or pointers to both) coming out.
-    payload: UnsafeCell<MaybeUninit<[u64; PAYLOAD_WORDS]>>,
+    payload: UnsafeCell<Payload>,
     /// The thread that owns this mailbox: the only one that ever parks on it.
     poster: Thread,
     error: UnsafeCell<Option<Error>>,
@@ -121,7 +131,13 @@ unsafe impl<O> Sync for Lane<O> {}
 
 /// Whether a closure `G` and its result `R` both fit the payload.
 const fn fits<G, R>() -> bool {
-    size_of::<G>() <= PAYLOAD && align_of::<G>() <= 8 && size_of::<R>() <= PAYLOAD && align_of::<R>() <= 8
+    fits_in::<G, Payload>() && fits_in::<R, Payload>()
+}
+
+/// Whether a `T` can be stored at the start of a `P`: size and alignment
+/// both come from the storage type itself.
+const fn fits_in<T, P>() -> bool {
+    size_of::<T>() <= size_of::<P>() && align_of::<T>() <= align_of::<P>()
 }
 
 impl<O> Lane<O> {
@@ -131,7 +147,7 @@ impl<O> Lane<O> {
             answer: AtomicU32::new(0),
             stamped: UnsafeCell::new(false),
             handler: UnsafeCell::new(None),
-            payload: UnsafeCell::new(MaybeUninit::uninit()),
+            payload: UnsafeCell::new(Payload([MaybeUninit::uninit(); PAYLOAD])),
             poster,
             error: UnsafeCell::new(None),
             enqueued: UnsafeCell::new(None),
@@ -224,6 +240,18 @@ impl<O> Lane<O> {
 
     /// Poster: publishes the loaded post and waits for its answer.
     fn post_and_wait(&self, mailbox: &Mailbox<Lane<O>>, spin: Duration, owner: &impl Owner) -> Answer {
+        // From the publish on, the owner may hold this post's closure and,
+        // by reference, the caller's frame: nothing may unwind out of here
+        // before the answer (or the certainty that the post was never
+        // taken), whatever a future edit adds.
+        let region = AbortOnUnwind::new("a caller waiting for the owner to answer its post");
+        let answer = self.wait_for_answer(mailbox, spin, owner);
+        region.disarm();
+        answer
+    }
+
+    /// `post_and_wait`'s body, run under its guard.
+    fn wait_for_answer(&self, mailbox: &Mailbox<Lane<O>>, spin: Duration, owner: &impl Owner) -> Answer {
         let post = mailbox.publish();
         owner.posted();
         let want = tag(post);
@@ -331,47 +359,60 @@ pub(crate) fn handle<O>(
     posted: &Posted<Lane<O>>,
     action: Action<'_, O>,
     before_answer: impl FnOnce(Handled),
-) -> Handled {
+) -> (Handled, u32) {
+    // The poster's closure, and with a by-reference post its frame, are in
+    // this thread's hands until the answer: no unwinding out of here.
+    let region = AbortOnUnwind::new("the owner handling a posted job");
     let lane = posted.mailbox().lane();
     // SAFETY: the poster loaded the handler before publishing this post
     // (seen with Acquire by the scanner) and does not touch it until the
     // answer.
-    let handler = lane
-        .handler
-        .with_mut(|h| unsafe { *h })
-        .expect("a post always carries a handler");
-    // SAFETY: the handler was loaded together with a payload of its types,
-    // and this post is unanswered, so the payload is ours.
-    let handled = unsafe { handler(lane, action) };
+    let handler = lane.handler.with_mut(|h| unsafe { *h });
+    let (handled, contained) = match handler {
+        // SAFETY: the handler was loaded together with a payload of its
+        // types, and this post is unanswered, so the payload is ours.
+        Some(handler) => unsafe { handler(lane, action) },
+        None => {
+            // Unreachable: every post carries a handler. Answer anyway.
+            lane.set_error(Error::Panicked("a post without a handler".into()));
+            (Handled::Panicked, 0)
+        }
+    };
     before_answer(handled);
     let status = if handled == Handled::Done { OK } else { ERR };
     // ORDERING: Release publishes the result or error to the poster's
     // Acquire; Acquire (and the RMW) make a WAITING set before this visible.
     let prev = lane.answer.swap(tag(posted.seq()) | status, Ordering::AcqRel);
     if prev & WAITING != 0 {
+        // The lane lives in the mailbox (held by the owner's snapshot), not
+        // in the poster's frame, so touching it after the answer is fine.
         lane.poster.unpark();
     }
-    handled
+    region.disarm();
+    (handled, contained)
 }
 
-/// Runs (or drops) the closure of a post, catching a panic: its result,
-/// or how it ended without one (the error is then left in the lane).
-fn run_or_reject<O, G, R>(g: G, action: Action<'_, O>, lane: &Lane<O>) -> Result<R, Handled>
+/// Runs (or drops) the closure of a post, catching a panic, its payload's
+/// destructor included: its result, or how it ended without one (the
+/// error is then left in the lane); and the panics contained besides the
+/// job's own.
+fn run_or_reject<O, G, R>(g: G, action: Action<'_, O>, lane: &Lane<O>) -> (Result<R, Handled>, u32)
 where
     G: FnOnce(&mut O) -> R,
 {
     match action {
-        Action::Run(o) => panic::catch_unwind(AssertUnwindSafe(|| g(o))).map_err(|payload| {
-            let msg = panic_message(&*payload);
-            drop(payload);
-            lane.set_error(Error::Panicked(msg));
-            Handled::Panicked
-        }),
+        Action::Run(o) => match catch(|| g(o)) {
+            Ok(r) => (Ok(r), 0),
+            Err(caught) => {
+                lane.set_error(Error::Panicked(caught.message));
+                (Err(Handled::Panicked), u32::from(caught.payload_panicked))
+            }
+        },
         Action::Reject(error) => {
             // A panicking destructor must not leave the poster unanswered.
-            let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(g)));
+            let contained = drop_caught(g);
             lane.set_error(error);
-            Err(Handled::Rejected)
+            (Err(Handled::Rejected), contained)
         }
     }
 }
@@ -380,19 +421,19 @@ where
 ///
 /// # Safety
 /// The payload holds a `G` written by the poster for this unanswered post.
-unsafe fn handle_inline<O, G, R>(lane: &Lane<O>, action: Action<'_, O>) -> Handled
+unsafe fn handle_inline<O, G, R>(lane: &Lane<O>, action: Action<'_, O>) -> (Handled, u32)
 where
     G: FnOnce(&mut O) -> R,
 {
     // SAFETY: by the contract; moved out once, so the bytes may be reused.
     let g = lane.payload.with_mut(|p| unsafe { p.cast::<G>().read() });
     match run_or_reject(g, action, lane) {
-        Ok(r) => {
+        (Ok(r), contained) => {
             // SAFETY: the closure was moved out; `fits` checked that R fits.
             lane.payload.with_mut(|p| unsafe { p.cast::<R>().write(r) });
-            Handled::Done
+            (Handled::Done, contained)
         }
-        Err(ended) => ended,
+        (Err(ended), contained) => (ended, contained),
     }
 }
 
@@ -401,7 +442,7 @@ where
 /// # Safety
 /// The payload holds pointers, written by the poster for this unanswered
 /// post, to a `Some(G)` and to room for an `R`, both alive until the answer.
-unsafe fn handle_by_ref<O, G, R>(lane: &Lane<O>, action: Action<'_, O>) -> Handled
+unsafe fn handle_by_ref<O, G, R>(lane: &Lane<O>, action: Action<'_, O>) -> (Handled, u32)
 where
     G: FnOnce(&mut O) -> R,
 {
@@ -410,15 +451,19 @@ where
         .payload
         .with_mut(|p| unsafe { p.cast::<(*mut Option<G>, *mut MaybeUninit<R>)>().read() });
     // SAFETY: the poster does not touch its closure until the answer.
-    let g = unsafe { (*g).take() }.expect("a post's closure is taken once");
+    let Some(g) = (unsafe { (*g).take() }) else {
+        // Unreachable: a post is handled once. Answer rather than panic.
+        lane.set_error(Error::Panicked("a post handled twice".into()));
+        return (Handled::Panicked, 0);
+    };
     match run_or_reject(g, action, lane) {
-        Ok(value) => {
+        (Ok(value), contained) => {
             // SAFETY: the result's room is alive and untouched until the
             // answer.
             unsafe { (*r).write(value) };
-            Handled::Done
+            (Handled::Done, contained)
         }
-        Err(ended) => ended,
+        (Err(ended), contained) => (ended, contained),
     }
 }
 
@@ -494,6 +539,20 @@ mod tests {
         assert!(fits::<[u64; 5], ()>());
         assert!(!fits::<[u64; 6], ()>());
         assert!(!fits::<(), [u8; 41]>());
+    }
+
+    #[test]
+    fn what_fits_follows_the_storages_own_alignment() {
+        #[repr(align(16))]
+        struct Wide(#[allow(dead_code)] u8);
+        assert!(!fits::<Wide, ()>(), "16-aligned closures go by reference");
+        assert!(!fits::<(), Wide>(), "16-aligned results go by reference");
+        // Storage that is only 4-aligned (as `[u64; N]` is on i686) must
+        // refuse an 8-aligned value, whatever its size: the check reads
+        // the storage's alignment instead of assuming 8.
+        assert!(!fits_in::<u64, [u32; 10]>());
+        assert!(fits_in::<u32, [u32; 10]>());
+        assert_eq!(align_of::<Payload>(), 8);
     }
 
     /// An owner thread running `serve_posts`.

@@ -49,6 +49,8 @@ mod slot;
 mod spin;
 mod sync;
 pub mod threads;
+mod unwind;
+mod waits;
 mod watch;
 mod worker;
 

@@ -133,6 +133,8 @@ pub(crate) struct Counters {
     pub(crate) rejected: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) reinits: AtomicU64,
+    /// Panics caught on the owner outside jobs' own catches.
+    pub(crate) contained: AtomicU64,
 }
 
 impl Counters {
@@ -142,7 +144,13 @@ impl Counters {
     /// read-modify-write on the hand-off path.
     pub(crate) fn bump(counter: &AtomicU64) {
         // ORDERING: statistics only; single writer (see above).
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Self::add(counter, 1);
+    }
+
+    /// Adds `n`; single writer, as [`bump`](Self::bump).
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        // ORDERING: statistics only; single writer (see `bump`).
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 }
 
@@ -177,6 +185,12 @@ pub struct MetricsSnapshot {
     pub cancelled: u64,
     /// Times the state was re-initialised on a fresh owner thread.
     pub reinits: u64,
+    /// Panics in user code that the owner ran outside a job and caught:
+    /// destructors of the state, of owner-bound values, of a cancelled or
+    /// rejected job's captures, of a panic payload, of a result whose
+    /// caller had gone; a waker's `wake`; a panicking re-init's payload.
+    /// The worker carries on after each (the panic hook still reports it).
+    pub contained_panics: u64,
     /// Jobs waiting in the queue now.
     pub queue_depth: usize,
     /// Time from submission to start.
@@ -204,6 +218,7 @@ impl MetricsSnapshot {
             rejected,
             cancelled: get(&c.cancelled),
             reinits: get(&c.reinits),
+            contained_panics: get(&c.contained),
             queue_depth,
             queue_wait: wait.summary(),
             run_time: run.summary(),
@@ -216,7 +231,7 @@ impl fmt::Display for MetricsSnapshot {
         write!(
             f,
             "{}: submitted {} completed {} failed {} (panicked {}, rejected {}) cancelled {} reinits {} \
-             queued {} | wait {} | run {}",
+             contained panics {} queued {} | wait {} | run {}",
             self.name,
             self.submitted,
             self.completed,
@@ -225,6 +240,7 @@ impl fmt::Display for MetricsSnapshot {
             self.rejected,
             self.cancelled,
             self.reinits,
+            self.contained_panics,
             self.queue_depth,
             self.queue_wait,
             self.run_time
@@ -258,6 +274,7 @@ impl MetricsSnapshot {
             ("pinned_ffi_jobs_rejected_total", self.rejected),
             ("pinned_ffi_jobs_cancelled_total", self.cancelled),
             ("pinned_ffi_reinits_total", self.reinits),
+            ("pinned_ffi_contained_panics_total", self.contained_panics),
         ] {
             metrics::counter!(name, "worker" => w.clone()).absolute(value);
         }

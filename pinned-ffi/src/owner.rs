@@ -19,6 +19,7 @@ use crate::mailbox::Scanner;
 use crate::metrics::Counters;
 use crate::shared::Shared;
 use crate::spin::{spin_until_done, Engaged};
+use crate::unwind::{catch, drop_payload};
 
 pub(crate) enum Event<S> {
     Msg(Msg<S>),
@@ -37,6 +38,43 @@ pub(crate) struct Core<S> {
     pub(crate) panics: VecDeque<Instant>,
     /// Held while the owner thread is awake (dropped while it parks).
     pub(crate) engaged: Option<Engaged>,
+    /// When the last re-init started, and how many in a row have failed:
+    /// attempts are spaced (see `respawn`).
+    pub(crate) last_reinit: Option<Instant>,
+    pub(crate) reinit_failures: u32,
+    /// A `Stop` was seen: drain the mailboxes and exit.
+    pub(crate) stopping: bool,
+}
+
+impl<S> Core<S> {
+    /// A fresh owner side.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Msg<S>>,
+        releases: Receiver<u64>,
+        mailboxes: Scanner<Lane<OwnerState<S>>>,
+        init: Box<dyn FnMut() -> Result<S, String> + Send>,
+    ) -> Self {
+        Core {
+            shared,
+            rx,
+            releases,
+            mailboxes,
+            init,
+            panics: VecDeque::new(),
+            engaged: None,
+            last_reinit: None,
+            reinit_failures: 0,
+            stopping: false,
+        }
+    }
+
+    /// Counts panics contained on the owner outside jobs' own catches.
+    fn contained(&self, panics: u32) {
+        if panics > 0 {
+            Counters::add(&self.shared.counters.contained, u64::from(panics));
+        }
+    }
 }
 
 impl<S: 'static> Core<S> {
@@ -139,33 +177,130 @@ pub(crate) fn poll_queues<S>(rx: &Receiver<Msg<S>>, releases: &Receiver<u64>) ->
     releases.try_recv().ok().map(Event::Release)
 }
 
-/// The owner thread's loop. `owner` is `None` while the state is missing
-/// (a failed re-init). `pending` is a job to handle first (the one that
-/// triggered a re-init).
-pub(crate) fn owner_loop<S: 'static>(
-    mut core: Core<S>,
-    mut owner: Option<OwnerState<S>>,
-    mut pending: Option<Msg<S>>,
-) {
+/// The least spacing between two re-init attempts; it doubles with each
+/// failure in a row, up to [`REINIT_MAX_SPACING`], so a re-init that keeps
+/// failing cannot start owner threads in a tight loop.
+pub(crate) const REINIT_MIN_SPACING: Duration = Duration::from_millis(10);
+/// The most a failing re-init's spacing grows to.
+pub(crate) const REINIT_MAX_SPACING: Duration = Duration::from_secs(1);
+
+/// An owner thread's holdings while it runs: if the thread ends any other
+/// way than through the loop's exit or a hand-off to a fresh thread (a
+/// panic in the library itself, or in a tracing subscriber it calls), the
+/// guard's drop tears the state down under catches, marks the worker dead
+/// and closed, answers every job still queued or posted, and lets `close`
+/// and `Drop` return.
+struct OwnerThread<S: 'static> {
+    /// `None` once handed to a fresh thread or exited cleanly.
+    core: Option<Core<S>>,
+    /// `None` while the state is missing (a failed re-init).
+    owner: Option<OwnerState<S>>,
+    /// Why the thread is dying, when a panic was caught.
+    died: Option<String>,
+}
+
+impl<S: 'static> Drop for OwnerThread<S> {
+    fn drop(&mut self) {
+        let Some(mut core) = self.core.take() else {
+            return; // handed on, or exited cleanly
+        };
+        let shared = Arc::clone(&core.shared);
+        let reason = self
+            .died
+            .take()
+            .unwrap_or_else(|| "the owner thread ended unexpectedly".into());
+        let owner = self.owner.take();
+        let dying = Arc::clone(&shared);
+        let _ = catch(move || {
+            dying.die(reason.clone());
+            let torn = owner.map_or(0, OwnerState::teardown);
+            core.contained(torn + 1); // and the panic that ended the loop
+            drain_rejecting(&mut core, Error::OwnerDied(reason));
+        });
+        shared.mark_exited();
+    }
+}
+
+/// Starts serving on this owner thread. `owner` is `None` while the state
+/// is missing (a failed re-init); `pending` is a job to handle first (the
+/// one that triggered a re-init).
+pub(crate) fn owner_thread<S: 'static>(core: Core<S>, owner: Option<OwnerState<S>>, pending: Option<Msg<S>>) {
+    let shared = Arc::clone(&core.shared);
+    let mut thread = OwnerThread {
+        core: Some(core),
+        owner,
+        died: None,
+    };
+    let mut pending = pending;
+    loop {
+        let step = panic::catch_unwind(AssertUnwindSafe(|| serve(&mut thread, pending.take())));
+        match step {
+            Ok(Step::Exit) => {
+                // Stop: every job accepted before it has run. Drop the state
+                // here, on its owner thread, then make sure nothing is left
+                // without an outcome.
+                if let Some(mut core) = thread.core.take() {
+                    let torn = thread.owner.take().map_or(0, OwnerState::teardown);
+                    core.contained(torn);
+                    drain_rejecting(&mut core, shared.refusal());
+                }
+                shared.mark_exited();
+                return;
+            }
+            Ok(Step::Reinit(job)) => {
+                let Some(core) = thread.core.take() else { return };
+                match respawn(core, job) {
+                    Ok(()) => return, // the fresh thread carries on
+                    Err(back) => {
+                        let (core, job) = *back;
+                        // No fresh thread: carry on here without state; the
+                        // breaker (tripped by `respawn`) answers the job.
+                        thread.core = Some(core);
+                        pending = job;
+                    }
+                }
+            }
+            Err(payload) => {
+                thread.died = Some(panic_message(&*payload));
+                drop_payload(payload);
+                return; // `thread`'s drop answers everyone
+            }
+        }
+    }
+}
+
+/// What `serve` asks of its thread.
+enum Step<S> {
+    /// Stopped: tear down and exit.
+    Exit,
+    /// Re-initialise on a fresh thread, which then handles this job.
+    Reinit(Option<Msg<S>>),
+}
+
+/// The owner loop proper: takes jobs and runs or refuses them until a stop
+/// or a re-init.
+fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Step<S> {
+    let Some(core) = t.core.as_mut() else {
+        return Step::Exit;
+    };
     let shared = Arc::clone(&core.shared);
     let c = &shared.counters;
-    let mut stopping = false;
     core.engaged.get_or_insert_with(Engaged::new);
     loop {
         let job = match pending.take() {
             Some(job) => job,
             // Stop: everything queued before it has run; run what was posted
             // to mailboxes too (posted before close sent Stop), then exit.
-            None if stopping => match core.posted() {
+            None if core.stopping => match core.posted() {
                 Some(job) => {
                     Counters::bump(&c.submitted);
                     job
                 }
-                None => break,
+                None => return Step::Exit,
             },
             None => match core.next() {
                 Event::Msg(Msg::Stop) | Event::Disconnected => {
-                    stopping = true;
+                    core.stopping = true;
                     continue;
                 }
                 Event::Msg(job) => {
@@ -175,9 +310,8 @@ pub(crate) fn owner_loop<S: 'static>(
                     job
                 }
                 Event::Release(id) => {
-                    if let Some(o) = owner.as_mut() {
-                        o.bound.remove(&id);
-                    }
+                    let torn = t.owner.as_mut().map_or(0, |o| o.release(id));
+                    core.contained(torn);
                     continue;
                 }
             },
@@ -185,30 +319,23 @@ pub(crate) fn owner_loop<S: 'static>(
         // ORDERING: set by close_timeout before it waits for us.
         if shared.aborting.load(Ordering::Acquire) {
             Counters::bump(&c.rejected);
-            job.reject(Error::Shutdown);
+            core.contained(job.reject(Error::Shutdown));
             continue;
         }
         // ORDERING: set by this loop (Stop policy) or close.
         if shared.stopped.load(Ordering::Acquire) {
             Counters::bump(&c.rejected);
-            job.reject(Error::Stopped);
+            core.contained(job.reject(Error::Stopped));
             continue;
         }
         // ORDERING: see Shared::trip.
-        if owner.is_none() || shared.broken.load(Ordering::Acquire) {
+        if t.owner.is_none() || shared.broken.load(Ordering::Acquire) {
             if shared.broken_now().is_none() {
                 // Cooldown over (or no state): re-initialise on a fresh
                 // thread, which then handles this job.
-                drop(owner.take());
-                match respawn(core, Some(job)) {
-                    Ok(()) => return,
-                    Err(back) => {
-                        let (c2, job) = *back;
-                        core = c2;
-                        pending = Some(job);
-                        continue;
-                    }
-                }
+                let torn = t.owner.take().map_or(0, OwnerState::teardown);
+                core.contained(torn);
+                return Step::Reinit(Some(job));
             }
             Counters::bump(&c.rejected);
             let reason = shared
@@ -216,10 +343,10 @@ pub(crate) fn owner_loop<S: 'static>(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            job.reject(Error::Broken(reason));
+            core.contained(job.reject(Error::Broken(reason)));
             continue;
         }
-        let o = owner.as_mut().expect("checked above");
+        let Some(o) = t.owner.as_mut() else { continue };
         // Only jobs stamped at submission (one in `TIMED_ONE_JOB_IN` per
         // calling thread) are timed: the clock stays off most hand-offs.
         let start = job.enqueued().map(|q| {
@@ -247,32 +374,24 @@ pub(crate) fn owner_loop<S: 'static>(
                 }
             }
         };
-        match job.run(o, &mut tally) {
-            RunOutcome::Done | RunOutcome::Cancelled => {}
-            RunOutcome::Panicked => {
-                if core.breaker_trips() {
-                    continue; // state stays until the cooldown's re-init
-                }
-                match shared.config.panic_policy {
-                    PanicPolicy::Keep => {}
-                    PanicPolicy::Reinit => {
-                        drop(owner.take());
-                        match respawn(core, None) {
-                            Ok(()) => return,
-                            Err(back) => core = back.0,
-                        }
-                    }
-                    PanicPolicy::Stop => {} // stopped in `tally`
-                }
+        let handling = job.run(o, &mut tally);
+        core.contained(handling.contained);
+        if handling.outcome == RunOutcome::Panicked {
+            if core.breaker_trips() {
+                continue; // state stays until the cooldown's re-init
             }
+            if shared.config.panic_policy == PanicPolicy::Reinit {
+                let torn = t.owner.take().map_or(0, OwnerState::teardown);
+                core.contained(torn);
+                return Step::Reinit(None);
+            }
+            // Keep: go on. Stop: stopped in `tally`.
+        }
+        #[cfg(all(test, not(pinned_loom)))]
+        if tests::DIE_AFTER_NEXT_JOB.with(|d| d.replace(false)) {
+            panic!("injected: the owner loop itself panics");
         }
     }
-    // Stop: every job accepted before it has run. Drop the state here, on
-    // its owner thread, then make sure nothing is left without an outcome.
-    drop(owner);
-    drain_rejecting(&mut core, Error::Stopped);
-    drop(core);
-    shared.mark_exited();
 }
 
 /// Refuses further intake and gives every job still queued or posted an
@@ -282,7 +401,7 @@ pub(crate) fn owner_loop<S: 'static>(
 /// published after `closed` was set, so its poster sees `closed` when it
 /// checks (`Owner::taking`), waits for this thread's exit and takes its job
 /// back.
-pub(crate) fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
+fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
     let shared = Arc::clone(&core.shared);
     // ORDERING: see `PinnedWorker::enter`; the fence orders the store
     // before the mailbox scans below (see `Owner::taking`).
@@ -293,12 +412,12 @@ pub(crate) fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
         while let Ok(msg) = core.rx.try_recv() {
             if !matches!(msg, Msg::Stop) {
                 Counters::bump(&shared.counters.rejected);
-                msg.reject(error.clone());
+                core.contained(msg.reject(error.clone()));
             }
         }
         while let Some(job) = core.posted() {
             Counters::bump(&shared.counters.rejected);
-            job.reject(error.clone());
+            core.contained(job.reject(error.clone()));
         }
         if idle {
             break;
@@ -307,47 +426,72 @@ pub(crate) fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
     }
 }
 
-/// Starts a fresh owner thread that re-runs `init` and carries on the loop.
-/// On failure to create the thread, gives everything back.
+/// How long to wait before the next re-init attempt.
+fn reinit_spacing(failures: u32) -> Duration {
+    REINIT_MIN_SPACING
+        .saturating_mul(1 << failures.min(16))
+        .min(REINIT_MAX_SPACING)
+}
+
+/// Starts a fresh owner thread that re-runs `init` and carries on the loop
+/// with `pending` first. Attempts are spaced at least
+/// [`REINIT_MIN_SPACING`] apart (more after failures in a row). If `init`
+/// fails, the pending job is answered with the breaker's error; if the
+/// thread cannot be created, everything comes back.
 #[allow(clippy::type_complexity)]
-pub(crate) fn respawn<S: 'static>(
-    core: Core<S>,
+fn respawn<S: 'static>(
+    mut core: Core<S>,
     pending: Option<Msg<S>>,
-) -> Result<(), Box<(Core<S>, Msg<S>)>> {
+) -> Result<(), Box<(Core<S>, Option<Msg<S>>)>> {
     let shared = Arc::clone(&core.shared);
-    let cooldown = core.cooldown();
+    let spacing = reinit_spacing(core.reinit_failures);
+    if let Some(last) = core.last_reinit {
+        let since = last.elapsed();
+        if since < spacing {
+            thread::sleep(spacing - since);
+        }
+    }
+    core.last_reinit = Some(Instant::now());
     // The job and core move into the new thread; keep a way back if the
     // thread cannot be created.
     let slot: Arc<Mutex<Option<(Core<S>, Option<Msg<S>>)>>> = Arc::new(Mutex::new(Some((core, pending))));
     let theirs = Arc::clone(&slot);
     let spawned = shared.thread_builder().spawn(move || {
-        let Some((mut core, pending)) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some((mut core, mut pending)) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         drop(theirs);
         let shared = Arc::clone(&core.shared);
         Counters::bump(&shared.counters.reinits);
-        let owner = match shared.enter_owner_thread().map_err(|e| e.to_string()) {
-            Ok(()) => match panic::catch_unwind(AssertUnwindSafe(&mut core.init)) {
-                Ok(Ok(state)) => {
-                    shared.heal();
-                    Some(OwnerState::new(state))
-                }
-                Ok(Err(e)) => {
-                    shared.trip(format!("re-init failed: {e}"), cooldown);
-                    None
-                }
-                Err(p) => {
-                    shared.trip(format!("re-init panicked: {}", panic_message(&*p)), cooldown);
-                    None
+        let made = match shared.enter_owner_thread() {
+            Ok(()) => match catch(&mut core.init) {
+                Ok(Ok(state)) => Ok(state),
+                Ok(Err(e)) => Err(format!("re-init failed: {e}")),
+                Err(caught) => {
+                    core.contained(u32::from(caught.payload_panicked));
+                    Err(format!("re-init panicked: {}", caught.message))
                 }
             },
-            Err(e) => {
-                shared.trip(format!("re-init could not set the CPU set: {e}"), cooldown);
+            Err(e) => Err(format!("re-init could not set the CPU set: {e}")),
+        };
+        let owner = match made {
+            Ok(state) => {
+                core.reinit_failures = 0;
+                shared.heal();
+                Some(OwnerState::new(state))
+            }
+            Err(reason) => {
+                core.reinit_failures = core.reinit_failures.saturating_add(1);
+                let cooldown = core.cooldown().max(reinit_spacing(core.reinit_failures));
+                shared.trip(reason.clone(), cooldown);
+                if let Some(job) = pending.take() {
+                    Counters::bump(&shared.counters.rejected);
+                    core.contained(job.reject(Error::Broken(reason)));
+                }
                 None
             }
         };
-        owner_loop(core, owner, pending);
+        owner_thread(core, owner, pending);
     });
     match spawned {
         Ok(handle) => {
@@ -357,20 +501,69 @@ pub(crate) fn respawn<S: 'static>(
             Ok(())
         }
         Err(e) => {
-            let (core, pending) = slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .expect("thread never started");
-            shared.trip(format!("cannot start a fresh owner thread: {e}"), cooldown);
-            match pending {
-                Some(job) => Err(Box::new((core, job))),
-                None => {
-                    // Nothing pending: continue on this thread without state.
-                    owner_loop(core, None, None);
-                    Ok(())
-                }
-            }
+            let back = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Some((core, pending)) = back else {
+                return Ok(()); // unreachable: a thread that never started took nothing
+            };
+            shared.trip(format!("cannot start a fresh owner thread: {e}"), core.cooldown());
+            Err(Box::new((core, pending)))
         }
+    }
+}
+
+#[cfg(all(test, not(pinned_loom)))]
+pub(crate) mod tests {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Makes this owner thread's loop panic after its next job: a
+        /// stand-in for a bug in the loop itself.
+        pub(crate) static DIE_AFTER_NEXT_JOB: Cell<bool> = const { Cell::new(false) };
+    }
+
+    #[test]
+    fn an_owner_whose_loop_dies_answers_every_job_and_closes_its_worker() {
+        use crate::{Error, PinnedWorker};
+        use std::sync::{mpsc, Arc};
+        let w = Arc::new(PinnedWorker::spawn(|| Ok::<_, std::io::Error>(0u64)).unwrap());
+        let (go, hold) = mpsc::channel::<()>();
+        let fatal = w
+            .submit(move |_| {
+                DIE_AFTER_NEXT_JOB.with(|d| d.set(true));
+                hold.recv().ok();
+                1
+            })
+            .unwrap();
+        let queued: Vec<_> = (0..5).map(|_| w.submit(|n| *n).unwrap()).collect();
+        let blocked = {
+            let w = Arc::clone(&w);
+            std::thread::spawn(move || w.run(|n| *n)) // queue road: the queue is not empty
+        };
+        while w.queue_len() < 6 {
+            std::thread::yield_now();
+        }
+        go.send(()).unwrap();
+        assert_eq!(fatal.wait(), Ok(1), "the job before the failure completed");
+        let died =
+            |r: Result<u64, Error>| matches!(r, Err(Error::OwnerDied(ref m)) if m.contains("injected"));
+        for t in queued {
+            assert!(died(t.wait()), "queued jobs are answered");
+        }
+        assert!(died(blocked.join().unwrap()), "a blocked caller is answered");
+        assert!(w.is_closed());
+        assert!(died(w.run(|n| *n)), "later calls are refused with the reason");
+        assert!(matches!(w.submit(|n| *n).map(|_| ()), Err(Error::OwnerDied(_))));
+        w.close(); // returns: the dead owner marked its exit
+        let m = w.metrics();
+        assert_eq!(m.contained_panics, 1);
+        assert_eq!(m.rejected, 6);
+    }
+
+    #[test]
+    fn reinit_spacing_doubles_up_to_its_cap() {
+        use super::*;
+        assert_eq!(reinit_spacing(0), REINIT_MIN_SPACING);
+        assert_eq!(reinit_spacing(1), REINIT_MIN_SPACING * 2);
+        assert_eq!(reinit_spacing(200), REINIT_MAX_SPACING);
     }
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, SpawnError};
 use crate::metrics::{MetricsSnapshot, Padded};
 use crate::placement::{Placement, Topology};
 use crate::slot::Ticket;
+use crate::waits;
 use crate::worker::PinnedWorker;
 
 /// How [`Pool::run`] and [`Pool::submit`] pick a worker.
@@ -221,7 +222,22 @@ impl<S: 'static> Pool<S> {
         &self.workers[self.pick_index(dispatch)]
     }
 
+    /// The worker `dispatch` picks, passing over any that the calling
+    /// thread cannot wait on (from inside a pool job: its own worker, and
+    /// any whose owner waits on it); when every worker is like that, the
+    /// pick stands and the call fails with [`Error::Reentrant`].
     fn pick_index(&self, dispatch: Dispatch) -> usize {
+        let i = self.dispatch_index(dispatch);
+        if !waits::would_deadlock(self.workers[i].id()) {
+            return i;
+        }
+        (1..self.workers.len())
+            .map(|k| (i + k) % self.workers.len())
+            .find(|&k| !waits::would_deadlock(self.workers[k].id()))
+            .unwrap_or(i)
+    }
+
+    fn dispatch_index(&self, dispatch: Dispatch) -> usize {
         match dispatch {
             // ORDERING: only spreads load; no data depends on it.
             Dispatch::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len(),
@@ -282,11 +298,11 @@ impl<S: 'static> Pool<S> {
         struct Running<'p>(&'p AtomicUsize);
         impl Drop for Running<'_> {
             fn drop(&mut self) {
-                // ORDERING: see `pick_index`.
+                // ORDERING: see `dispatch_index`.
                 self.0.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        // ORDERING: see `pick_index`.
+        // ORDERING: see `dispatch_index`.
         self.running[i].fetch_add(1, Ordering::Relaxed);
         let _running = Running(&self.running[i]);
         self.workers[i].run(f)
@@ -346,18 +362,27 @@ impl<S: 'static> Pool<S> {
         F: Fn(&mut S) -> R + Send + Sync,
         R: Send,
     {
+        // Called from a pool job, the caller's own worker is run here (and
+        // refused at once as re-entrant); helper threads run the others on
+        // the caller's behalf, so a wait of theirs that would close a cycle
+        // through the caller is refused too.
+        let me = waits::current();
+        let here = self.workers.iter().position(|w| Some(w.id()) == me).unwrap_or(0);
         std::thread::scope(|scope| {
             let f = &f;
-            let rest: Vec<_> = self.workers[1..]
-                .iter()
-                .map(|w| scope.spawn(move || w.run(f)))
+            let helpers: Vec<_> = (0..self.workers.len())
+                .filter(|&i| i != here)
+                .map(|i| {
+                    let w = &self.workers[i];
+                    (i, scope.spawn(move || waits::acting_for(me, || w.run(f))))
+                })
                 .collect();
-            let mut out = vec![self.workers[0].run(f)];
-            out.extend(
-                rest.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-            );
-            out
+            let mut out: Vec<Option<Result<R, Error>>> = (0..self.workers.len()).map(|_| None).collect();
+            out[here] = Some(self.workers[here].run(f));
+            for (i, h) in helpers {
+                out[i] = Some(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            out.into_iter().flatten().collect()
         })
     }
 

@@ -14,6 +14,13 @@ use crate::metrics::{Counters, Histogram, Padded};
 use crate::worker::{OWNERS_STARTED, OWNER_OF};
 
 /// The part of a worker shared by its handle and its owner thread(s).
+/// An owner thread's stack unless [`Builder::stack_size`] says otherwise:
+/// the size of a process's main thread, which C libraries written for it
+/// tend to assume, and room for results of up to
+/// [`MAX_RESULT`](crate::PinnedWorker::MAX_RESULT). Untouched stack costs
+/// address space only.
+pub(crate) const DEFAULT_OWNER_STACK: usize = 8 << 20;
+
 pub(crate) struct Shared {
     pub(crate) id: u64,
     pub(crate) name: String,
@@ -27,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) broken_reason: Mutex<String>,
     pub(crate) stopped: AtomicBool,
     pub(crate) aborting: AtomicBool,
+    /// Why the owner thread died, if it did (see `owner::OwnerThread`).
+    pub(crate) died: Mutex<Option<String>>,
     pub(crate) counters: Counters,
     pub(crate) queue_wait: Histogram,
     pub(crate) run_time: Histogram,
@@ -42,11 +51,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn thread_builder(&self) -> thread::Builder {
-        let mut b = thread::Builder::new().name(self.name.clone());
-        if let Some(size) = self.config.stack_size {
-            b = b.stack_size(size);
-        }
-        b
+        let size = self.config.stack_size.unwrap_or(DEFAULT_OWNER_STACK);
+        thread::Builder::new().name(self.name.clone()).stack_size(size)
     }
 
     /// Runs first on every owner thread: marks it, applies the CPU set.
@@ -109,12 +115,22 @@ impl Shared {
     }
 
     pub(crate) fn refusal(&self) -> Error {
+        if let Some(reason) = &*self.died.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Error::OwnerDied(reason.clone());
+        }
         // ORDERING: flags read after `closed` was seen set.
         if self.stopped.load(Ordering::Acquire) {
             Error::Stopped
         } else {
             Error::Closed
         }
+    }
+
+    /// The owner thread is dying: record why and refuse all intake.
+    pub(crate) fn die(&self, reason: String) {
+        *self.died.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        // ORDERING: as in `close_shared`.
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn has_exited(&self) -> bool {

@@ -17,7 +17,7 @@ use crate::spin::spin_until_done;
 use crate::sync::{self, AtomicU8, Mutex, Thread, UnsafeCell};
 
 use crate::error::Error;
-use crate::worker::owner_of_current_thread;
+use crate::waits::{self, Waiting};
 
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
@@ -81,25 +81,22 @@ impl<R> Slot<R> {
             .is_ok()
     }
 
-    /// Completing side: publishes the outcome and wakes a parked waiter.
+    /// Completing side, first half: stores the outcome where the waiter
+    /// will read it (not yet visible), and returns the second half.
     /// Called at most once per slot (the job owns the right to complete).
-    /// Without a registered waiter, the `fetch_or` below is the completer's
-    /// last access to the slot; with one, setting FINISHED is.
-    pub(crate) fn complete(&self, outcome: Result<R, Error>) {
+    ///
+    /// The split exists because the slot may live on the waiter's stack:
+    /// once the waiter sees DONE it may return and free it, so whoever
+    /// completes must hold no reference into the slot (nor into anything
+    /// around it, such as the job) when DONE is set. [`Publish`] holds raw
+    /// pointers only, and its release is its last access.
+    pub(crate) fn fill(&self, outcome: Result<R, Error>) -> Publish {
         // SAFETY: the waiter reads `result` only after seeing DONE, which is
-        // set below, after this write; no one else writes it.
+        // set by `Publish::publish`, after this write; no one else writes it.
         self.result.with_mut(|r| unsafe { *r = Some(outcome) });
-        // ORDERING: Release publishes `result`; Acquire sees the WAITER bit
-        // and the waker stored before it.
-        let prev = self.state.fetch_or(DONE, Ordering::AcqRel);
-        if prev & WAITER != 0 {
-            let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
-            // ORDERING: Release: our last touch of the slot (the unlock
-            // above) happens before the waiter sees FINISHED.
-            self.state.fetch_or(FINISHED, Ordering::Release);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+        Publish {
+            state: &self.state,
+            waker: &self.waker,
         }
     }
 
@@ -177,6 +174,116 @@ impl<R> Slot<R> {
     }
 }
 
+/// The second half of completing a slot (see [`Slot::fill`]): sets DONE
+/// and wakes a registered waiter. Raw pointers, so that nothing borrowed
+/// from the slot is alive when the waiter may free it.
+#[must_use = "the waiter sees nothing until the outcome is published"]
+pub(crate) struct Publish {
+    state: *const AtomicU8,
+    waker: *const Mutex<Option<Waker>>,
+}
+
+impl Publish {
+    /// Makes the outcome visible and wakes the waiter. Returns how many
+    /// panics a waker's `wake` raised (they are caught: a waker is user
+    /// code, and this runs on the owner thread).
+    ///
+    /// # Safety
+    /// The slot this came from is alive: its waiter has not seen DONE
+    /// (nobody but this publishes it) and, when it registered as a waiter,
+    /// does not return before FINISHED. Call it once, holding no reference
+    /// into the slot or the job around it.
+    pub(crate) unsafe fn publish(self) -> u32 {
+        // SAFETY: alive by the contract until DONE is set. The reference
+        // covers only an atomic (interior-mutable bytes), the same pattern
+        // as `Arc::drop`'s last decrement.
+        let state = unsafe { &*self.state };
+        // ORDERING: Release publishes `result`; Acquire sees the WAITER bit
+        // and the waker stored before it.
+        let prev = state.fetch_or(DONE, Ordering::AcqRel);
+        if prev & WAITER == 0 {
+            return 0; // that RMW was the last touch: the slot may be gone
+        }
+        // SAFETY: a registered waiter waits for FINISHED before it returns,
+        // so the slot stays alive until the store below.
+        let waker = unsafe { &*self.waker }
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        // ORDERING: Release: our last touch of the slot (the unlock above)
+        // happens before the waiter sees FINISHED.
+        state.fetch_or(FINISHED, Ordering::Release);
+        match waker {
+            Some(waker) => match crate::unwind::catch(move || waker.wake()) {
+                Ok(()) => 0,
+                Err(caught) => caught.panics(),
+            },
+            None => 0,
+        }
+    }
+}
+
+// SAFETY: the pointers are only dereferenced under `publish`'s contract;
+// the atomic and the mutex they point to are Sync.
+unsafe impl Send for Publish {}
+
+/// Where a ticket's outcome lands: in the slot itself, or boxed for a
+/// result past [`BOX_PAST`] bytes, so that the owner's and the waiter's
+/// stacks move a pointer instead of the value (a debug build moves a
+/// result a dozen times on its way; see `PinnedWorker::MAX_RESULT`).
+enum Carrier<R> {
+    Inline(Arc<Slot<R>>),
+    Boxed(Arc<Slot<Box<R>>>),
+}
+
+/// Results larger than this travel boxed.
+pub(crate) const BOX_PAST: usize = 4096;
+
+impl<R> Carrier<R> {
+    fn is_done(&self) -> bool {
+        match self {
+            Carrier::Inline(s) => s.is_done(),
+            Carrier::Boxed(s) => s.is_done(),
+        }
+    }
+
+    fn cancel(&self) -> bool {
+        match self {
+            Carrier::Inline(s) => s.cancel(),
+            Carrier::Boxed(s) => s.cancel(),
+        }
+    }
+
+    fn worker(&self) -> u64 {
+        match self {
+            Carrier::Inline(s) => s.worker,
+            Carrier::Boxed(s) => s.worker,
+        }
+    }
+
+    fn wait_until(&self, spin: Duration, deadline: Option<Instant>) -> bool {
+        match self {
+            Carrier::Inline(s) => s.wait_until(spin, deadline),
+            Carrier::Boxed(s) => s.wait_until(spin, deadline),
+        }
+    }
+
+    fn register(&self, waker: &Waker) -> bool {
+        match self {
+            Carrier::Inline(s) => s.register(waker),
+            Carrier::Boxed(s) => s.register(waker),
+        }
+    }
+
+    /// The outcome, once done was seen.
+    fn take(&self) -> Result<R, Error> {
+        match self {
+            Carrier::Inline(s) => s.take(),
+            Carrier::Boxed(s) => s.take().map(|b| *b),
+        }
+    }
+}
+
 struct ThreadWaker(Thread);
 
 impl Wake for ThreadWaker {
@@ -209,7 +316,7 @@ impl Wake for ThreadWaker {
 /// ```
 #[must_use = "dropping a ticket cancels its job if it has not started"]
 pub struct Ticket<R> {
-    slot: Option<Arc<Slot<R>>>,
+    slot: Option<Carrier<R>>,
     spin: Duration,
     polled: bool,
 }
@@ -223,7 +330,16 @@ impl<R> std::fmt::Debug for Ticket<R> {
 impl<R> Ticket<R> {
     pub(crate) fn new(slot: Arc<Slot<R>>, spin: Duration) -> Self {
         Ticket {
-            slot: Some(slot),
+            slot: Some(Carrier::Inline(slot)),
+            spin,
+            polled: false,
+        }
+    }
+
+    /// A ticket whose result travels boxed (see [`BOX_PAST`]).
+    pub(crate) fn boxed(slot: Arc<Slot<Box<R>>>, spin: Duration) -> Self {
+        Ticket {
+            slot: Some(Carrier::Boxed(slot)),
             spin,
             polled: false,
         }
@@ -232,7 +348,7 @@ impl<R> Ticket<R> {
     /// The longest a ticket's first poll spins on the executor's thread.
     pub const POLL_SPIN: Duration = Duration::from_micros(3);
 
-    fn slot(&self) -> &Slot<R> {
+    fn slot(&self) -> &Carrier<R> {
         self.slot
             .as_ref()
             .expect("ticket used after its outcome was taken")
@@ -251,17 +367,23 @@ impl<R> Ticket<R> {
         self.slot.as_ref().is_some_and(|s| s.is_done())
     }
 
-    fn on_own_owner(&self) -> bool {
-        owner_of_current_thread() == Some(self.slot().worker)
+    /// Records a blocking wait on this ticket's worker (see
+    /// [`waits`](crate::waits)); when that wait could never end, cancels
+    /// the job if it has not started and gives [`Error::Reentrant`].
+    fn begin_wait(&self) -> Result<Waiting, Error> {
+        waits::begin(self.slot().worker()).inspect_err(|_| {
+            self.slot().cancel();
+        })
     }
 
     /// Blocks until the job's outcome is ready.
     ///
     /// # Errors
     /// The job's error ([`Error::Panicked`], [`Error::Shutdown`], ...);
-    /// [`Error::Reentrant`] when called from the owner thread of the worker
-    /// that would run it (it could never finish; the job is cancelled if it
-    /// had not started).
+    /// [`Error::Reentrant`] when the wait could never end: called from the
+    /// owner thread of the worker that would run it, or closing a cycle of
+    /// owners waiting on each other (see [`Error::Reentrant`]); the job is
+    /// cancelled if it had not started.
     ///
     /// ```
     /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
@@ -269,12 +391,14 @@ impl<R> Ticket<R> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn wait(mut self) -> Result<R, Error> {
-        if !self.is_done() && self.on_own_owner() {
-            self.slot().cancel();
-            return Err(Error::Reentrant);
-        }
+        let _waiting = if self.is_done() {
+            None
+        } else {
+            Some(self.begin_wait()?)
+        };
         let slot = self.slot.take().expect("ticket already spent");
-        slot.wait(self.spin)
+        slot.wait_until(self.spin, None);
+        slot.take()
     }
 
     /// Like [`wait`](Self::wait) with a time limit. On time-out the job is
@@ -296,7 +420,10 @@ impl<R> Ticket<R> {
     /// # Errors
     /// As [`wait`](Self::wait), plus [`Error::TimedOut`].
     pub fn wait_timeout(self, timeout: Duration) -> Result<R, Error> {
-        self.wait_deadline(Instant::now() + timeout)
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.wait_deadline(deadline),
+            None => self.wait(), // a deadline past the clock's range never comes
+        }
     }
 
     /// Like [`wait_timeout`](Self::wait_timeout) with a deadline.
@@ -311,10 +438,11 @@ impl<R> Ticket<R> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn wait_deadline(mut self, deadline: Instant) -> Result<R, Error> {
-        if !self.is_done() && self.on_own_owner() {
-            self.slot().cancel();
-            return Err(Error::Reentrant);
-        }
+        let _waiting = if self.is_done() {
+            None
+        } else {
+            Some(self.begin_wait()?)
+        };
         let slot = self.slot.take().expect("ticket already spent");
         if slot.wait_until(self.spin, Some(deadline)) {
             return slot.take();
@@ -368,6 +496,13 @@ impl<R> Future for Ticket<R> {
         };
         self.polled = true;
         let slot = self.slot.as_ref().expect("Ticket polled after completion");
+        if !slot.is_done() && waits::would_deadlock(slot.worker()) {
+            // Polled (by a nested `block_on`, say) where the job can never
+            // finish: on its own worker's owner thread, or in a cycle.
+            slot.cancel();
+            self.slot = None;
+            return Poll::Ready(Err(Error::Reentrant));
+        }
         if spin_until_done(|| slot.is_done(), spin, None) || slot.register(cx.waker()) {
             let slot = self.slot.take().expect("checked above");
             return Poll::Ready(slot.take());
@@ -397,7 +532,8 @@ mod loom_tests {
                 let s = Arc::clone(&s);
                 loom::thread::spawn(move || {
                     assert!(s.start());
-                    s.complete(Ok(7));
+                    // SAFETY: the slot is alive (an Arc), completed once.
+                    let _ = unsafe { s.fill(Ok(7)).publish() };
                 })
             };
             // No spinning: go straight to register-and-park, the racy path.
@@ -414,7 +550,8 @@ mod loom_tests {
                 let s = Arc::clone(&s);
                 loom::thread::spawn(move || {
                     if s.start() {
-                        s.complete(Ok(1));
+                        // SAFETY: as above.
+                        let _ = unsafe { s.fill(Ok(1)).publish() };
                         true
                     } else {
                         false
@@ -442,7 +579,10 @@ mod loom_tests {
             let s = slot();
             let owner = {
                 let s = Arc::clone(&s);
-                loom::thread::spawn(move || s.complete(Ok(3)))
+                // SAFETY: as above.
+                loom::thread::spawn(move || {
+                    let _ = unsafe { s.fill(Ok(3)).publish() };
+                })
             };
             assert_eq!(s.wait(Duration::ZERO), Ok(3));
             s.state.store(REUSED, Ordering::Release);

@@ -79,7 +79,7 @@ pub(crate) fn spin_until_done(
     }
     // The clock is read only once spinning has gone on for a while: a hot
     // hand-off completes within the first rounds and never pays for it.
-    let mut until: Option<Instant> = None;
+    let mut until: Option<Option<Instant>> = None;
     // Decided once the pure spins run out (fast hand-offs never ask).
     let mut yielding: Option<bool> = None;
     let mut i: u32 = 0;
@@ -95,11 +95,18 @@ pub(crate) fn spin_until_done(
         }
         if i % CLOCK_EVERY == 0 {
             let now = Instant::now();
+            // A budget past the clock's range ends only at the deadline
+            // (or when done): saturate rather than overflow, since a panic
+            // here would unwind a waiter whose frame the owner may use.
             let end = *until.get_or_insert_with(|| {
-                let end = now + budget;
-                deadline.map_or(end, |d| end.min(d))
+                let end = now.checked_add(budget);
+                match (end, deadline) {
+                    (Some(e), Some(d)) => Some(e.min(d)),
+                    (e, None) => e,
+                    (None, d) => d,
+                }
             });
-            if now >= end {
+            if end.is_some_and(|end| now >= end) {
                 return done();
             }
         }
@@ -135,6 +142,20 @@ mod tests {
             Duration::from_secs(5),
             None
         ));
+        let mut n = 0;
+        assert!(
+            spin_until_done(
+                || {
+                    n += 1;
+                    n == 1000
+                },
+                Duration::MAX,
+                None
+            ),
+            "a budget past the clock's range spins until done"
+        );
+        let deadline = Instant::now() + Duration::from_millis(2);
+        assert!(!spin_until_done(|| false, Duration::MAX, Some(deadline)));
         let deadline = Instant::now() + Duration::from_millis(2);
         assert!(!spin_until_done(|| false, Duration::from_secs(5), Some(deadline)));
         assert!(Instant::now() >= deadline);

@@ -23,12 +23,17 @@ use crossbeam_channel::{self as channel, Sender};
 
 use crate::builder::Builder;
 use crate::error::{Error, SpawnError, TrySubmitError};
-use crate::job::{call_owner, call_state, BorrowedJob, CacheAligned, Job, JobImpl, JobPtr, Msg, OwnerState};
+use crate::job::{
+    call_owner, call_state, call_state_boxed, BorrowedJob, CacheAligned, Job, JobImpl, JobPtr, Msg,
+    OwnerState,
+};
 use crate::lane::Lane;
 use crate::mailbox::Mailboxes;
 use crate::metrics::MetricsSnapshot;
-use crate::shared::{InFlight, Shared};
-use crate::slot::{Slot, Ticket};
+use crate::shared::{InFlight, Shared, DEFAULT_OWNER_STACK};
+use crate::slot::{Slot, Ticket, BOX_PAST};
+use crate::unwind::AbortOnUnwind;
+use crate::waits;
 
 pub(crate) static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -152,10 +157,16 @@ impl<S: 'static> PinnedWorker<S> {
     }
 
     pub(crate) fn enqueue(&self, msg: Msg<S>, wait: Wait) -> Result<(), (Msg<S>, Refused)> {
-        let own_thread = owner_of_current_thread() == Some(self.shared.id);
-        // A job queued from its own owner thread must not wait for room: the
-        // owner is the one that would make it.
-        let wait = if own_thread { Wait::No } else { wait };
+        // A job queued where waiting for room could never end (from its own
+        // owner thread, whose loop is the one that makes room, or from an
+        // owner this worker's owner waits on) must not wait.
+        let (wait, _waiting, stuck) = match wait {
+            Wait::No => (Wait::No, None, false),
+            blocking => match waits::begin(self.shared.id) {
+                Ok(w) => (blocking, Some(w), false),
+                Err(_) => (Wait::No, None, true),
+            },
+        };
         let _flight = match self.enter() {
             Ok(g) => g,
             Err(e) => return Err((msg, Refused::Err(e))),
@@ -177,7 +188,7 @@ impl<S: 'static> PinnedWorker<S> {
                 Ok(())
             }
             Err((m, gone)) => {
-                let why = match (gone, own_thread) {
+                let why = match (gone, stuck) {
                     (true, _) => Refused::Err(self.shared.refusal()),
                     (false, true) => Refused::Err(Error::Reentrant),
                     (false, false) => Refused::Full,
@@ -237,9 +248,24 @@ impl<S: 'static> PinnedWorker<S> {
         G: FnOnce(&mut OwnerState<S>) -> R + Send + 'a,
         R: Send + 'a,
     {
-        if owner_of_current_thread() == Some(self.shared.id) {
-            return Err(Error::Reentrant);
+        let _waiting = waits::begin(self.shared.id)?;
+        self.check_result_size::<R>()?;
+        if std::mem::size_of::<R>() > BOX_PAST {
+            // A large result travels boxed: the hand-off's layers move a
+            // pointer, not the value (see `MAX_RESULT`).
+            return self
+                .run_direct(move |o: &mut OwnerState<S>| Box::new(g(o)))
+                .map(|b| *b);
         }
+        self.run_direct(g)
+    }
+
+    /// `run_owner` once the checks are done and the result is small.
+    fn run_direct<'a, G, R>(&self, g: G) -> Result<R, Error>
+    where
+        G: FnOnce(&mut OwnerState<S>) -> R + Send + 'a,
+        R: Send + 'a,
+    {
         if self.tx.is_empty() {
             // Posts are not counted in flight (two locked RMWs on a line
             // every caller writes); `Owner::taking` covers a close instead.
@@ -259,8 +285,8 @@ impl<S: 'static> PinnedWorker<S> {
                 let stamp = self.stamp();
                 // SAFETY: this thread's own mailbox for this worker, and no
                 // post is outstanding: every call waits for its answer and
-                // the owner thread never posts to its own worker (checked
-                // above). The owner keeps `Owner`'s word: it takes posts
+                // the owner thread never posts to its own worker (`begin`
+                // refused that above). The owner keeps `Owner`'s word: it takes posts
                 // until it exits, and its exit path (`drain_rejecting`)
                 // closes, fences and scans once more.
                 return unsafe { Lane::call(mailbox, g, stamp, shared.config.spin, &**shared) };
@@ -301,15 +327,65 @@ impl<S: 'static> PinnedWorker<S> {
         // scope does.
         let ptr =
             JobPtr::<S>(unsafe { std::mem::transmute::<NonNull<dyn Job<S> + 'a>, NonNull<dyn Job<S>>>(ptr) });
-        if let Err((msg, why)) = self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
-            drop(msg);
-            return Err(match why {
-                Refused::Err(e) => e,
-                Refused::Full => Error::Reentrant,
-            });
-        }
-        job.0.slot.wait(self.shared.config.spin)
+        // From the send on, the owner may hold the job: nothing may unwind
+        // out of this frame before the wait below returns (the guard aborts
+        // instead, so the argument above cannot be broken by an edit).
+        let region =
+            AbortOnUnwind::new("a caller waiting for the owner to finish a job that borrows its stack");
+        let outcome = match self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
+            Ok(()) => job.0.slot.wait(self.shared.config.spin),
+            Err((msg, why)) => {
+                drop(msg); // rejects the job here: it never reached the owner
+                Err(match why {
+                    Refused::Err(e) => e,
+                    Refused::Full => Error::Reentrant,
+                })
+            }
+        };
+        region.disarm();
+        outcome
     }
+
+    /// The largest result this worker's jobs may return by value (see
+    /// [`MAX_RESULT`](Self::MAX_RESULT)).
+    fn result_limit(&self) -> usize {
+        self.shared.config.stack_size.unwrap_or(DEFAULT_OWNER_STACK) / 8
+    }
+
+    /// Refuses a result type too large for the owner's stack, rather than
+    /// letting it overflow the stack and abort the process.
+    #[inline]
+    fn check_result_size<R>(&self) -> Result<(), Error> {
+        let size = std::mem::size_of::<R>();
+        if size <= 4096 {
+            return Ok(()); // the common case, decided at compile time
+        }
+        let limit = self.result_limit();
+        if size > limit {
+            return Err(Error::ResultTooLarge { size, limit });
+        }
+        Ok(())
+    }
+
+    /// The largest job result taken by value with the default owner stack
+    /// (1 MiB); with [`Builder::stack_size`] the limit is an eighth of the
+    /// stack. Results past 4 KiB travel boxed, but the job's closure still
+    /// returns its result on the owner's stack and a debug build copies it
+    /// a few times there; a larger one fails with [`Error::ResultTooLarge`]
+    /// before anything runs, instead of overflowing the stack. Return a
+    /// `Box` or a `Vec` for bigger data. The caller's own stack receives
+    /// the result too (a thread spawned by std has 2 MiB by default).
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// use pinned_ffi::{Error, PinnedWorker};
+    /// let big = w.submit(|_| [1u8; PinnedWorker::<()>::MAX_RESULT])?.wait()?;
+    /// assert_eq!(big.len(), 1 << 20);
+    /// let too_big = w.submit(|_| [1u8; PinnedWorker::<()>::MAX_RESULT + 1]).err();
+    /// assert!(matches!(too_big, Some(Error::ResultTooLarge { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub const MAX_RESULT: usize = DEFAULT_OWNER_STACK / 8;
 
     /// Queues `f` and returns a [`Ticket`] for its result; blocks while the
     /// queue is full.
@@ -387,7 +463,11 @@ impl<S: 'static> PinnedWorker<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        self.submit_with(f, Wait::Until(Instant::now() + timeout))
+        // A deadline past the clock's range never comes: wait without one.
+        let wait = Instant::now()
+            .checked_add(timeout)
+            .map_or(Wait::Block, Wait::Until);
+        self.submit_with(f, wait)
     }
 
     pub(crate) fn submit_with<R, F>(&self, f: F, wait: Wait) -> Result<Ticket<R>, TrySubmitError<F>>
@@ -395,15 +475,35 @@ impl<S: 'static> PinnedWorker<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
+        if let Err(e) = self.check_result_size::<R>() {
+            return Err(TrySubmitError::Refused(f, e));
+        }
+        let spin = self.shared.config.spin;
+        if std::mem::size_of::<R>() > BOX_PAST {
+            self.submit_job(f, call_state_boxed::<S, R, F>, wait)
+                .map(|slot| Ticket::boxed(slot, spin))
+        } else {
+            self.submit_job(f, call_state::<S, R, F>, wait)
+                .map(|slot| Ticket::new(slot, spin))
+        }
+    }
+
+    /// Queues `f`, to be called through `call`, with a fresh slot for its
+    /// outcome; gives `f` back if refused.
+    fn submit_job<T, F>(
+        &self,
+        f: F,
+        call: fn(F, &mut OwnerState<S>) -> T,
+        wait: Wait,
+    ) -> Result<Arc<Slot<T>>, TrySubmitError<F>>
+    where
+        F: Send + 'static,
+        T: Send + 'static,
+    {
         let slot = Arc::new(Slot::new(self.shared.id));
-        let job = Box::new(JobImpl::new(
-            f,
-            call_state::<S, R, F>,
-            Arc::clone(&slot),
-            self.stamp(),
-        ));
+        let job = Box::new(JobImpl::new(f, call, Arc::clone(&slot), self.stamp()));
         match self.enqueue(Msg::Job(job), wait) {
-            Ok(()) => Ok(Ticket::new(slot, self.shared.config.spin)),
+            Ok(()) => Ok(slot),
             Err((msg, why)) => {
                 let Msg::Job(job) = msg else {
                     unreachable!("enqueue gives back what it was given")
@@ -412,7 +512,7 @@ impl<S: 'static> PinnedWorker<S> {
                 // to `dyn Job<S>` and handed back unchanged by the channel;
                 // casting the pointer back restores its type.
                 let job =
-                    unsafe { Box::from_raw(Box::into_raw(job).cast::<JobImpl<S, F, R, Arc<Slot<R>>>>()) };
+                    unsafe { Box::from_raw(Box::into_raw(job).cast::<JobImpl<S, F, T, Arc<Slot<T>>>>()) };
                 // SAFETY: the job came back unrun; we are its only holder.
                 let f = unsafe { job.take_f() }.expect("refused job was not run");
                 Err(match why {
@@ -422,6 +522,7 @@ impl<S: 'static> PinnedWorker<S> {
             }
         }
     }
+
     /// Stops intake, runs every job already accepted, drops the state on the
     /// owner thread and joins it. Idempotent; later calls return at once.
     /// Called by `Drop`.
@@ -456,7 +557,7 @@ impl<S: 'static> PinnedWorker<S> {
     /// ```
     pub fn close_timeout(&self, timeout: Duration) -> u64 {
         let before = self.shared.counters.rejected.load(Ordering::Relaxed);
-        self.close_inner(Some(Instant::now() + timeout));
+        self.close_inner(Instant::now().checked_add(timeout));
         self.shared.counters.rejected.load(Ordering::Relaxed) - before
     }
 
@@ -466,6 +567,12 @@ impl<S: 'static> PinnedWorker<S> {
             "PinnedWorker::close called from its own owner thread"
         );
         close_shared(&self.shared, &self.tx, deadline);
+    }
+
+    /// This worker's id (unique in the process), as the deadlock detector
+    /// knows it.
+    pub(crate) fn id(&self) -> u64 {
+        self.shared.id
     }
 
     /// The owner thread's name.

@@ -1,0 +1,128 @@
+//! Panic discipline: where unwinding is caught, and where it must never
+//! happen.
+//!
+//! Two rules keep the executor sound and alive:
+//! - **User code runs under a catch, payload included.** Everything the
+//!   owner runs that a user wrote (a job, a destructor of the state, of a
+//!   bound value, of a job's captures or result, a panic payload's
+//!   destructor, a waker) goes through [`catch`] or [`drop_caught`]. A
+//!   payload is user code too: it is dropped under a catch, and one whose
+//!   destructor panics again is leaked rather than dropped a third time.
+//! - **A region where another thread may hold a borrow of this frame (or
+//!   this thread holds one of another's) cannot unwind**, by construction:
+//!   an [`AbortOnUnwind`] guard lives across it, and if anything inside
+//!   ever unwinds (a future edit, a bug), the process aborts instead of
+//!   freeing memory the other side still uses. This is rayon-core's
+//!   `AbortIfPanic`.
+
+use std::any::Any;
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+
+use crate::error::panic_message;
+
+/// Aborts the process if dropped: create it where a region must not unwind,
+/// [`disarm`](Self::disarm) it where the region ends.
+#[must_use = "the guard protects the region until it is disarmed"]
+pub(crate) struct AbortOnUnwind(&'static str);
+
+impl AbortOnUnwind {
+    /// Arms the guard; `region` names it in the abort message.
+    #[inline]
+    pub(crate) fn new(region: &'static str) -> Self {
+        AbortOnUnwind(region)
+    }
+
+    /// Ends the region normally.
+    #[inline]
+    pub(crate) fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for AbortOnUnwind {
+    #[cold]
+    fn drop(&mut self) {
+        // Only reached by unwinding: every normal path disarms.
+        let _ = writeln!(
+            std::io::stderr(),
+            "pinned-ffi: a panic unwound out of {}, where another thread may still use this \
+             memory; aborting",
+            self.0
+        );
+        std::process::abort();
+    }
+}
+
+/// Drops a panic payload under a catch: `true` if its destructor panicked
+/// (that second payload is leaked, never dropped).
+pub(crate) fn drop_payload(payload: Box<dyn Any + Send>) -> bool {
+    match panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        Ok(()) => false,
+        Err(again) => {
+            std::mem::forget(again);
+            true
+        }
+    }
+}
+
+/// Runs user code under a catch. On a panic: its message, and whether the
+/// payload's own destructor panicked too.
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = panic_message(&*payload);
+        let payload_panicked = drop_payload(payload);
+        Caught {
+            message,
+            payload_panicked,
+        }
+    })
+}
+
+/// Drops `value` under a catch; returns the panics contained (0, 1, or 2
+/// when the panic's payload panicked as it was dropped).
+pub(crate) fn drop_caught<T>(value: T) -> u32 {
+    match catch(move || drop(value)) {
+        Ok(()) => 0,
+        Err(c) => c.panics(),
+    }
+}
+
+/// A panic that [`catch`] stopped.
+#[derive(Debug)]
+pub(crate) struct Caught {
+    /// The panic's message.
+    pub(crate) message: String,
+    /// Whether dropping its payload panicked as well.
+    pub(crate) payload_panicked: bool,
+}
+
+impl Caught {
+    /// Panics contained: this one, and its payload's if that panicked.
+    pub(crate) fn panics(&self) -> u32 {
+        1 + u32::from(self.payload_panicked)
+    }
+}
+
+#[cfg(all(test, not(pinned_loom)))]
+mod tests {
+    use super::*;
+
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("bomb");
+        }
+    }
+
+    #[test]
+    fn a_payload_whose_destructor_panics_is_contained() {
+        let caught = catch(|| std::panic::panic_any(Bomb)).unwrap_err();
+        assert_eq!(caught.message, "non-string panic payload");
+        assert!(caught.payload_panicked);
+        assert_eq!(caught.panics(), 2);
+        assert_eq!(drop_caught(Bomb), 1);
+        assert_eq!(drop_caught(7u8), 0);
+        assert_eq!(catch(|| 5).unwrap(), 5);
+    }
+}

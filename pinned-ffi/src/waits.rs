@@ -1,0 +1,179 @@
+//! Who waits on whom: the executor's deadlock detector.
+//!
+//! A blocking wait made on an owner thread can never end when the worker
+//! it waits on is, directly or through others, waiting on this one: a job
+//! that waits on its own worker, two owners whose jobs wait on each other
+//! (A's job calls B while B's job calls A), a nested `pool.run` that lands
+//! back on a worker whose owner is waiting further up the chain. Each such
+//! wait is an edge "worker A's owner waits on worker B"; before adding one
+//! the detector walks the edges from B, and if they lead back to A the
+//! wait fails with [`Error::Reentrant`] instead of hanging.
+//!
+//! Only waits made by owner threads (and by threads that act for one, such
+//! as [`Pool::broadcast`](crate::Pool::broadcast)'s helpers) can close a
+//! cycle the library can see, so only they take the lock; a plain caller's
+//! wait costs two thread-local reads.
+//!
+//! What cannot be seen: waits outside the library. A job that joins a
+//! thread, receives from a channel, takes a lock or awaits a future on
+//! another executor, where that thread, sender, lock holder or future in
+//! turn waits on this job's worker, deadlocks undetected; so does
+//! `close` called from a job on a worker whose owner waits on the caller.
+
+use std::cell::Cell;
+use std::sync::Mutex;
+
+use crate::error::Error;
+use crate::worker::owner_of_current_thread;
+
+/// Edges of the wait-for graph: (worker whose owner waits, worker waited
+/// on), one per wait in progress.
+static EDGES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// The worker this thread waits for, when it is not that worker's owner
+    /// but that owner waits on it (a broadcast's helper thread).
+    static ACTING_FOR: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The worker on whose behalf this thread waits: the one whose owner it
+/// is, or the one it acts for.
+#[inline]
+fn waiter() -> Option<u64> {
+    owner_of_current_thread().or_else(|| {
+        let id = ACTING_FOR.with(Cell::get);
+        (id != 0).then_some(id)
+    })
+}
+
+/// Whether the edges lead from `from` to `to`.
+fn reaches(edges: &[(u64, u64)], from: u64, to: u64) -> bool {
+    let mut stack = vec![from];
+    let mut seen = Vec::new();
+    while let Some(x) = stack.pop() {
+        if x == to {
+            return true;
+        }
+        if seen.contains(&x) {
+            continue;
+        }
+        seen.push(x);
+        stack.extend(edges.iter().filter(|e| e.0 == x).map(|e| e.1));
+    }
+    false
+}
+
+/// Whether a blocking wait on `target` from this thread would never end.
+pub(crate) fn would_deadlock(target: u64) -> bool {
+    match waiter() {
+        None => false,
+        Some(me) if me == target => true,
+        Some(me) => reaches(&EDGES.lock().unwrap_or_else(|e| e.into_inner()), target, me),
+    }
+}
+
+/// A wait in progress, recorded until dropped.
+#[must_use = "the wait is recorded while the guard lives"]
+pub(crate) struct Waiting(Option<(u64, u64)>);
+
+/// Records that this thread waits on the worker `target` until the guard
+/// drops.
+///
+/// # Errors
+/// [`Error::Reentrant`] if the wait could never end: `target` is this
+/// thread's own worker, or waits on it through others.
+#[inline]
+pub(crate) fn begin(target: u64) -> Result<Waiting, Error> {
+    match waiter() {
+        None => Ok(Waiting(None)),
+        Some(me) => begin_as(me, target),
+    }
+}
+
+#[cold]
+fn begin_as(me: u64, target: u64) -> Result<Waiting, Error> {
+    if me == target {
+        return Err(Error::Reentrant);
+    }
+    let mut edges = EDGES.lock().unwrap_or_else(|e| e.into_inner());
+    if reaches(&edges, target, me) {
+        return Err(Error::Reentrant);
+    }
+    edges.push((me, target));
+    Ok(Waiting(Some((me, target))))
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(edge) = self.0 {
+            let mut edges = EDGES.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = edges.iter().position(|e| *e == edge) {
+                edges.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// The worker this thread waits for, to hand to helper threads it waits on
+/// (see [`acting_for`]).
+pub(crate) fn current() -> Option<u64> {
+    waiter()
+}
+
+/// Runs `f` on a helper thread that `worker`'s owner (if any) waits on, so
+/// the helper's waits count as that owner's.
+pub(crate) fn acting_for<R>(worker: Option<u64>, f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTING_FOR.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ACTING_FOR.with(|a| a.replace(worker.unwrap_or(0))));
+    f()
+}
+
+#[cfg(all(test, not(pinned_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_are_found_through_any_number_of_edges() {
+        let edges = [(1, 2), (2, 3), (3, 4), (9, 1)];
+        assert!(reaches(&edges, 1, 4));
+        assert!(reaches(&edges, 9, 3));
+        assert!(!reaches(&edges, 4, 1));
+        assert!(!reaches(&edges, 2, 1));
+        assert!(
+            reaches(&[(1, 2), (2, 1)], 1, 1),
+            "a cycle in the edges is walked once"
+        );
+    }
+
+    #[test]
+    fn a_plain_thread_never_deadlocks_and_records_nothing() {
+        assert!(!would_deadlock(42));
+        let w = begin(42).unwrap();
+        assert!(w.0.is_none());
+    }
+
+    #[test]
+    fn a_helper_waits_for_the_worker_it_acts_for() {
+        // Ids far above any worker's, so concurrent tests never meet them.
+        let (a, b) = (u64::MAX - 10, u64::MAX - 11);
+        acting_for(Some(a), || {
+            assert!(would_deadlock(a));
+            let wait = begin(b).unwrap();
+            acting_for(Some(b), || {
+                assert!(
+                    would_deadlock(a),
+                    "b waits on a: a wait by b on a closes the cycle"
+                );
+                assert_eq!(begin(a).err(), Some(Error::Reentrant));
+            });
+            drop(wait);
+            acting_for(Some(b), || assert!(!would_deadlock(a)));
+        });
+        assert_eq!(current(), None);
+    }
+}

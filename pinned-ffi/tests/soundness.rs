@@ -1,0 +1,403 @@
+//! Regression tests for inputs that once reached undefined behaviour or a
+//! hang from safe code: overflowing spin windows and time-outs, panic
+//! payloads whose destructor panics, a close racing a first call, waits
+//! that could never end (re-entrant, cyclic, nested in pools), re-inits
+//! that keep failing, and results too large for a stack. Each test runs
+//! under a watchdog, so a regression fails instead of hanging.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Once};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use pinned_ffi::{Breaker, Dispatch, Error, PanicPolicy, PinnedWorker, Pool, TrySubmitError};
+
+/// Runs `f` on a thread with a big stack and fails if it takes longer
+/// than `secs` (a hang) or panics.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    quiet_bombs();
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .stack_size(32 << 20)
+        .spawn(move || {
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        })
+        .unwrap();
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(_) => panic!("did not finish within {secs} s: a hang"),
+    }
+}
+
+/// A value whose destructor panics.
+struct Bomb;
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("bomb: a destructor panicked");
+    }
+}
+
+/// Keeps the expected panics out of the test output.
+fn quiet_bombs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let bomb = info.payload().downcast_ref::<Bomb>().is_some();
+            if !bomb && !msg.contains("bomb") && !msg.contains("injected") {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn worker() -> PinnedWorker<u64> {
+    PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64)).unwrap()
+}
+
+/// Makes the queue non-empty for a while, so blocking calls take the
+/// queue road instead of the mailbox.
+fn occupy(w: &PinnedWorker<u64>, for_: Duration) -> pinned_ffi::Ticket<()> {
+    let (started, wait) = mpsc::channel();
+    let busy = w
+        .submit(move |_| {
+            started.send(()).unwrap();
+            std::thread::sleep(for_);
+        })
+        .unwrap();
+    wait.recv().unwrap();
+    busy
+}
+
+#[test]
+fn spin_windows_and_timeouts_past_the_clocks_range_neither_panic_nor_unwind_a_waiter() {
+    within(60, || {
+        for spin in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(3600),
+        ] {
+            let w = PinnedWorker::builder()
+                .spin(spin)
+                .owner_spin(spin)
+                .spawn(|| Ok::<_, std::io::Error>(0u64))
+                .unwrap();
+            let big = [1u64; 16]; // too big for the mailbox payload: by reference
+            for i in 0..20u64 {
+                // Jobs that outlast the pure spins, so the waiter reads the
+                // clock and computes its end.
+                let slow = move |n: &mut u64| {
+                    std::thread::sleep(Duration::from_micros(300));
+                    *n += 1;
+                    *n
+                };
+                assert_eq!(w.run(slow), Ok(3 * i + 1), "mailbox road, inline");
+                assert_eq!(
+                    w.run(move |n| {
+                        std::thread::sleep(Duration::from_micros(300));
+                        *n += big[0];
+                        *n
+                    }),
+                    Ok(3 * i + 2),
+                    "mailbox road, by reference"
+                );
+                let busy = occupy(&w, Duration::from_millis(1));
+                let queued = std::thread::scope(|s| {
+                    let h = s.spawn(|| w.run(slow));
+                    let r = h.join().unwrap();
+                    busy.wait().unwrap();
+                    r
+                });
+                assert_eq!(queued, Ok(3 * i + 3), "queue road");
+            }
+            let t = w
+                .submit_timeout(|n| *n, Duration::MAX)
+                .map_err(|e| e.to_string())
+                .unwrap();
+            assert_eq!(t.wait_timeout(Duration::MAX), Ok(60));
+            assert_eq!(w.close_timeout(Duration::MAX), 0);
+        }
+    });
+}
+
+#[test]
+fn a_panic_payload_whose_destructor_panics_is_dropped_once_on_every_road() {
+    within(60, || {
+        let w = PinnedWorker::builder()
+            .breaker(None)
+            .spawn(|| Ok::<_, std::io::Error>(0u64))
+            .unwrap();
+        let before = w.metrics().contained_panics;
+        let boom = |_: &mut u64| -> u64 { std::panic::panic_any(Bomb) };
+        let big = [7u64; 16];
+        let boom_by_ref = move |_: &mut u64| -> [u64; 16] {
+            let _keep = big;
+            std::panic::panic_any(Bomb)
+        };
+        let expected = Err(Error::Panicked("non-string panic payload".into()));
+        for _ in 0..5 {
+            assert_eq!(w.run(boom), expected, "mailbox road, inline");
+            assert_eq!(
+                w.run(boom_by_ref).map(|_| 0),
+                expected,
+                "mailbox road, by reference"
+            );
+            assert_eq!(w.submit(boom).unwrap().wait(), expected, "ticket");
+            let busy = occupy(&w, Duration::from_millis(2));
+            let queued = std::thread::scope(|s| s.spawn(|| w.run(boom)).join().unwrap());
+            busy.wait().unwrap();
+            assert_eq!(queued, expected, "queue road");
+            assert_eq!(w.run(|n| *n + 1), Ok(1), "the worker carries on");
+        }
+        let m = w.metrics();
+        assert_eq!(m.panicked, 20);
+        assert_eq!(
+            m.contained_panics - before,
+            20,
+            "each payload's panic was caught and counted"
+        );
+        w.close();
+    });
+}
+
+#[test]
+fn a_close_racing_a_first_call_answers_closed_never_stopped() {
+    within(120, || {
+        for i in 0..200 {
+            let w = Arc::new(worker());
+            let caller = {
+                let w = Arc::clone(&w);
+                std::thread::spawn(move || w.run(|n| *n))
+            };
+            if i % 2 == 0 {
+                std::thread::yield_now();
+            }
+            w.close();
+            match caller.join().unwrap() {
+                Ok(0) | Err(Error::Closed) => {}
+                other => panic!("round {i}: {other:?}"),
+            }
+        }
+    });
+}
+
+/// A minimal `block_on`: polls on this thread, parking between polls.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn awaiting_a_ticket_of_ones_own_worker_inside_a_job_is_refused() {
+    within(30, || {
+        let w = Arc::new(worker());
+        let inner = Arc::clone(&w);
+        let nested = w.run(move |_| {
+            let t = inner.submit(|n| *n + 1).unwrap();
+            block_on(t)
+        });
+        assert_eq!(nested, Ok(Err(Error::Reentrant)));
+        assert_eq!(w.run(|n| *n), Ok(0), "the refused job was cancelled, never run");
+    });
+}
+
+#[test]
+fn owners_waiting_on_each_other_in_a_cycle_are_refused() {
+    within(30, || {
+        let a = Arc::new(worker());
+        let b = Arc::new(worker());
+        let c = Arc::new(worker());
+        let (a2, b2, c2) = (Arc::clone(&a), Arc::clone(&b), Arc::clone(&c));
+        // A waits on B, B on A.
+        let two = a.run(move |_| b2.run(move |_| a2.run(|n| *n)));
+        assert_eq!(two, Ok(Ok(Err(Error::Reentrant))));
+        // A waits on B, B on C, C on A; through tickets too.
+        let (a3, b3) = (Arc::clone(&a), Arc::clone(&b));
+        let three = a.run(move |_| b3.run(move |_| c2.run(move |_| a3.submit(|n| *n).unwrap().wait())));
+        assert_eq!(three, Ok(Ok(Ok(Err(Error::Reentrant)))));
+        // Not a cycle: A waits on B, which waits on C.
+        let c3 = Arc::clone(&c);
+        let chain = a.run(move |_| b.run(move |_| c3.run(|n| *n + 5)));
+        assert_eq!(chain, Ok(Ok(Ok(5))));
+    });
+}
+
+#[test]
+fn a_broadcast_from_a_pool_job_runs_everywhere_but_its_own_worker() {
+    within(30, || {
+        let pool = Arc::new(Pool::builder(3).spawn(Ok::<_, std::convert::Infallible>).unwrap());
+        for from in 0..3 {
+            let p = Arc::clone(&pool);
+            let got = pool.worker(from).run(move |_| p.broadcast(|i| *i * 10)).unwrap();
+            for (i, r) in got.iter().enumerate() {
+                if i == from {
+                    assert_eq!(*r, Err(Error::Reentrant), "from worker {from}");
+                } else {
+                    assert_eq!(*r, Ok(i * 10), "from worker {from}");
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn pool_calls_nested_inside_pool_jobs_never_hang() {
+    within(30, || {
+        for size in [2, 3] {
+            for dispatch in [Dispatch::LeastLoaded, Dispatch::RoundRobin] {
+                let pool = Arc::new(
+                    Pool::builder(size)
+                        .dispatch(dispatch)
+                        .spawn(Ok::<_, std::convert::Infallible>)
+                        .unwrap(),
+                );
+                let (p1, p2) = (Arc::clone(&pool), Arc::clone(&pool));
+                let got = pool.run(move |outer| {
+                    let outer = *outer;
+                    p1.run(move |middle| {
+                        let middle = *middle;
+                        p2.run(move |inner| (outer, middle, *inner))
+                    })
+                });
+                match (size, got) {
+                    (3, Ok(Ok(Ok((a, b, c))))) => {
+                        assert!(a != b && b != c && a != c, "three distinct workers: {a} {b} {c}");
+                    }
+                    // Two workers, both waiting: the third call has nowhere to go.
+                    (2, Ok(Ok(Err(Error::Reentrant)))) => {}
+                    (size, other) => panic!("{size} workers, {dispatch:?}: {other:?}"),
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn a_reinit_that_keeps_failing_starts_few_threads_and_answers_every_job() {
+    within(60, || {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let inits = Arc::new(AtomicUsize::new(0));
+        let (h, n) = (Arc::clone(&healthy), Arc::clone(&inits));
+        let w = PinnedWorker::builder()
+            .panic_policy(PanicPolicy::Reinit)
+            .breaker(Some(Breaker {
+                max_panics: 100,
+                window: Duration::from_secs(1),
+                cooldown: Duration::ZERO,
+            }))
+            .spawn(move || {
+                n.fetch_add(1, Ordering::SeqCst);
+                if h.load(Ordering::SeqCst) {
+                    Ok(0u64)
+                } else {
+                    Err("the device is gone")
+                }
+            })
+            .unwrap();
+        healthy.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            w.run(|_| -> u64 { panic!("bomb") }),
+            Err(Error::Panicked(_))
+        ));
+        let start = Instant::now();
+        let mut answered = 0;
+        while start.elapsed() < Duration::from_secs(1) {
+            match w.run(|n| *n) {
+                Err(Error::Broken(reason)) => assert!(reason.contains("the device is gone"), "{reason}"),
+                other => panic!("expected Broken, got {other:?}"),
+            }
+            answered += 1;
+        }
+        let attempts = inits.load(Ordering::SeqCst) - 1;
+        assert!(answered > 10, "callers were answered ({answered})");
+        // 10 ms, doubling per failure, up to 1 s apart: a handful a second.
+        assert!(attempts <= 12, "{attempts} re-init attempts in one second");
+        assert!(attempts >= 2, "re-init was retried ({attempts})");
+        healthy.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match w.run(|n| *n + 1) {
+                Ok(1) => break,
+                Err(Error::Broken(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("the worker heals once init works again: {other:?}"),
+            }
+        }
+        w.close();
+    });
+}
+
+#[test]
+fn results_too_large_for_a_stack_are_boxed_or_refused_never_an_abort() {
+    within(60, || {
+        const MAX: usize = PinnedWorker::<()>::MAX_RESULT;
+        assert_eq!(MAX, 1 << 20);
+        let w = worker();
+        // 1 MiB by value, on the default owner stack, in any build.
+        let big = w.run(|n| [*n as u8 + 1; MAX]).unwrap();
+        assert!(big.iter().all(|b| *b == 1));
+        let big = w.submit(|n| [*n as u8 + 2; MAX]).unwrap().wait().unwrap();
+        assert!(big.iter().all(|b| *b == 2));
+        // The queue road: a call made while the queue is not empty.
+        let busy = occupy(&w, Duration::from_millis(2));
+        let queued = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(32 << 20)
+                .spawn_scoped(s, || w.run(|_| [5u8; MAX]).map(|r| r[MAX - 1]))
+                .unwrap()
+                .join()
+                .unwrap()
+        });
+        busy.wait().unwrap();
+        assert_eq!(queued, Ok(5));
+        // One byte more is refused before anything runs.
+        let too_big = Err(Error::ResultTooLarge {
+            size: MAX + 1,
+            limit: MAX,
+        });
+        assert_eq!(w.run(|_| [0u8; MAX + 1]).map(|_| ()), too_big);
+        assert_eq!(w.submit(|_| [0u8; MAX + 1]).map(|_| ()), too_big);
+        match w.try_submit(|_| [0u8; MAX + 1]) {
+            Err(TrySubmitError::Refused(job, e)) => {
+                assert_eq!(Err(e), too_big);
+                assert_eq!(job(&mut 0)[0], 0, "the job comes back");
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // A smaller owner stack lowers the limit with it.
+        let small = PinnedWorker::builder()
+            .stack_size(256 << 10)
+            .spawn(|| Ok::<_, std::io::Error>(()))
+            .unwrap();
+        assert_eq!(
+            small.run(|_| [0u8; 64 << 10]).map(|_| ()),
+            Err(Error::ResultTooLarge {
+                size: 64 << 10,
+                limit: 32 << 10
+            })
+        );
+        assert_eq!(small.run(|_| [3u8; 32 << 10]).map(|r| r[0]), Ok(3));
+        assert_eq!(w.metrics().panicked, 0);
+    });
+}
