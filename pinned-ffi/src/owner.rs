@@ -522,6 +522,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // an owner thread calls libc's gettid
     fn an_owner_whose_loop_dies_answers_every_job_and_closes_its_worker() {
         use crate::{Error, PinnedWorker};
         use std::sync::{mpsc, Arc};
