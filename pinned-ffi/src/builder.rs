@@ -2,21 +2,18 @@
 //! [`PanicPolicy`] and [`Breaker`] that decide what a panic does.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel as channel;
 
-use crate::doorbell::Doorbell;
 use crate::error::SpawnError;
 use crate::job::OwnerState;
 use crate::mailbox::{Mailboxes, Scanner};
-use crate::metrics::{Counters, Histogram, Padded};
 use crate::owner::{owner_thread, Core};
 use crate::shared::Shared;
 use crate::unwind::catch;
-use crate::worker::{PinnedWorker, NEXT_WORKER_ID};
+use crate::worker::PinnedWorker;
 
 /// What the owner does after a job panics. The panicking job's caller always
 /// gets [`Error::Panicked`].
@@ -226,35 +223,11 @@ impl Builder {
         E: std::fmt::Display + Send + 'static,
         F: FnMut() -> Result<S, E> + Send + 'static,
     {
-        let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
-        let name = self.name.clone().unwrap_or_else(|| format!("pinned-{id}"));
         let (tx, rx) = channel::bounded(self.capacity);
         let (release_tx, release_rx) = channel::unbounded();
         let mailboxes = Mailboxes::new();
         let owner_mailboxes = Arc::clone(&mailboxes);
-        let shared = Arc::new(Shared {
-            id,
-            name,
-            config: self,
-            epoch: Instant::now(),
-            closed: AtomicBool::new(false),
-            inflight: Padded(AtomicUsize::new(0)),
-            broken: AtomicBool::new(false),
-            broken_until: AtomicU64::new(0),
-            broken_reason: Mutex::new(String::new()),
-            stopped: AtomicBool::new(false),
-            aborting: AtomicBool::new(false),
-            died: Mutex::new(None),
-            counters: Counters::default(),
-            queue_wait: Histogram::new(),
-            run_time: Histogram::new(),
-            threads: Mutex::new(Vec::new()),
-            exited: Mutex::new(false),
-            exit_cv: Condvar::new(),
-            next_bound: AtomicU64::new(1),
-            owner_tid: AtomicU64::new(0),
-            bell: Doorbell::new(),
-        });
+        let shared = Arc::new(Shared::new(self));
 
         let (ready_tx, ready_rx) = channel::bounded::<Result<(), SpawnError<E>>>(1);
         let mut init = init;

@@ -16,10 +16,10 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use crate::spin::Engaged;
-use crate::sync::AtomicU64;
+use crate::sync::{AtomicU64, Mutex};
 
 /// One thread's mailbox for one worker: its first cache line holds the
 /// sequence number and the hot part of the lane, written by its thread
@@ -179,6 +179,15 @@ thread_local! {
     /// worker over and over skips the search. Cleared when that
     /// registration goes (keys are never reused).
     static LAST: Cell<(u64, *const ())> = const { Cell::new((0, std::ptr::null())) };
+}
+
+/// Drops this thread's registrations (loom models: their threads share
+/// one OS thread's thread-locals, whose destructors would run outside the
+/// model).
+#[cfg(all(test, pinned_loom))]
+pub(crate) fn forget_registrations() {
+    let _ = LAST.try_with(|last| last.set((0, std::ptr::null())));
+    let _ = MINE.try_with(|mine| mine.borrow_mut().clear());
 }
 
 impl<P: Send + Sync + 'static> Mailboxes<P> {

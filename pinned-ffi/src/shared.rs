@@ -1,8 +1,8 @@
 //! The part of a worker shared by its handle, its callers and its owner
 //! thread(s): flags, counters, the doorbell and the exit handshake.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use crate::doorbell::Doorbell;
 use crate::error::Error;
 use crate::lane::Owner;
 use crate::metrics::{Counters, Histogram, Padded};
-use crate::worker::{OWNERS_STARTED, OWNER_OF};
+use crate::worker::{NEXT_WORKER_ID, OWNERS_STARTED, OWNER_OF};
 
 /// The part of a worker shared by its handle and its owner thread(s).
 /// An owner thread's stack unless [`Builder::stack_size`] says otherwise:
@@ -26,9 +26,11 @@ pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) config: Builder,
     pub(crate) epoch: Instant,
-    pub(crate) closed: AtomicBool,
+    /// Intake is over (closed, stopped, or the owner died). A shim atomic:
+    /// the loom model of a close racing posts runs this code.
+    pub(crate) closed: crate::sync::AtomicBool,
     /// Written by every caller: a cache line of its own.
-    pub(crate) inflight: Padded<AtomicUsize>,
+    pub(crate) inflight: Padded<crate::sync::AtomicUsize>,
     pub(crate) broken: AtomicBool,
     pub(crate) broken_until: AtomicU64,
     pub(crate) broken_reason: Mutex<String>,
@@ -41,8 +43,8 @@ pub(crate) struct Shared {
     pub(crate) run_time: Histogram,
     /// Owner threads not yet joined: the current one and any it replaced.
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
-    pub(crate) exited: Mutex<bool>,
-    pub(crate) exit_cv: Condvar,
+    pub(crate) exited: crate::sync::Mutex<bool>,
+    pub(crate) exit_cv: crate::sync::Condvar,
     pub(crate) next_bound: AtomicU64,
     pub(crate) owner_tid: AtomicU64,
     /// How producers signal work and wake a parking owner.
@@ -50,6 +52,36 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A fresh worker's shared part, with a new id.
+    pub(crate) fn new(config: Builder) -> Shared {
+        // ORDERING: only uniqueness matters.
+        let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
+        let name = config.name.clone().unwrap_or_else(|| format!("pinned-{id}"));
+        Shared {
+            id,
+            name,
+            config,
+            epoch: Instant::now(),
+            closed: crate::sync::AtomicBool::new(false),
+            inflight: Padded(crate::sync::AtomicUsize::new(0)),
+            broken: AtomicBool::new(false),
+            broken_until: AtomicU64::new(0),
+            broken_reason: Mutex::new(String::new()),
+            stopped: AtomicBool::new(false),
+            aborting: AtomicBool::new(false),
+            died: Mutex::new(None),
+            counters: Counters::default(),
+            queue_wait: Histogram::new(),
+            run_time: Histogram::new(),
+            threads: Mutex::new(Vec::new()),
+            exited: crate::sync::Mutex::new(false),
+            exit_cv: crate::sync::Condvar::new(),
+            next_bound: AtomicU64::new(1),
+            owner_tid: AtomicU64::new(0),
+            bell: Doorbell::new(),
+        }
+    }
+
     pub(crate) fn thread_builder(&self) -> thread::Builder {
         let size = self.config.stack_size.unwrap_or(DEFAULT_OWNER_STACK);
         thread::Builder::new().name(self.name.clone()).stack_size(size)
@@ -178,6 +210,7 @@ impl Owner for Shared {
         // `drain_rejecting`'s SeqCst store and fence before its scans:
         // if this reads false the store comes later in the single order,
         // so those scans see the post.
+        crate::sync::seqcst_handshake();
         !self.closed.load(Ordering::SeqCst)
     }
 

@@ -7,17 +7,28 @@
 #[cfg(pinned_loom)]
 pub(crate) use loom::{
     hint::spin_loop,
-    sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8},
-    sync::Mutex,
+    sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize},
+    sync::{Condvar, Mutex},
     thread::{current, park, yield_now, Thread},
 };
 #[cfg(not(pinned_loom))]
 pub(crate) use std::{
     hint::spin_loop,
-    sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8},
-    sync::Mutex,
+    sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize},
+    sync::{Condvar, Mutex},
     thread::{current, park, yield_now, Thread},
 };
+
+/// What a SeqCst access followed by a SeqCst access to another location
+/// guarantees in C++20 (they are ordered in the single total order), given
+/// to loom, which treats SeqCst accesses as AcqRel (its README,
+/// "Unsupported features"): a SeqCst fence under loom, nothing otherwise.
+/// Placed between the two accesses of each Dekker handshake.
+#[inline(always)]
+pub(crate) fn seqcst_handshake() {
+    #[cfg(pinned_loom)]
+    fence(std::sync::atomic::Ordering::SeqCst);
+}
 
 /// An `UnsafeCell` with loom's closure-based access, so loom can track
 /// every access to the slot's result.
@@ -45,13 +56,14 @@ impl<T> UnsafeCell<T> {
     }
 }
 
-/// Parks with a time-out (loom has no clock: there it parks until woken,
-/// and callers never pass deadlines).
+/// Parks with a time-out. Loom has no clock; a time-out that lapses is a
+/// wake-up nobody sent, which loom models as a yield: the caller looks
+/// again later, as it would after the time-out.
 pub(crate) fn park_timeout(d: std::time::Duration) {
     #[cfg(pinned_loom)]
     {
         let _ = d;
-        park();
+        yield_now();
     }
     #[cfg(not(pinned_loom))]
     std::thread::park_timeout(d);

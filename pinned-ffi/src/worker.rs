@@ -16,7 +16,6 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{self as channel, Sender};
@@ -152,6 +151,7 @@ impl<S: 'static> PinnedWorker<S> {
         // this sees `closed`: no job slips in after the owner's last look.
         self.shared.inflight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(&self.shared);
+        crate::sync::seqcst_handshake();
         self.refuses()?;
         Ok(guard)
     }
@@ -662,11 +662,12 @@ pub(crate) fn close_shared<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Op
     let abort = || shared.aborting.store(true, Ordering::Release); // ORDERING: read by the owner before each job
                                                                    // ORDERING: see `enqueue`.
     shared.closed.store(true, Ordering::SeqCst);
+    crate::sync::seqcst_handshake();
     while shared.inflight.load(Ordering::SeqCst) != 0 {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             abort();
         }
-        thread::yield_now();
+        crate::sync::yield_now();
     }
     // A worker that already stopped has no receiver: nothing to send.
     let _ = match deadline {
