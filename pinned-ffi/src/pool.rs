@@ -435,10 +435,16 @@ impl<S: 'static> Pool<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn close_timeout(&self, timeout: Duration) -> u64 {
-        let deadline = std::time::Instant::now() + timeout;
+        // A deadline past the clock's range never comes.
+        let deadline = std::time::Instant::now().checked_add(timeout);
         self.workers
             .iter()
-            .map(|w| w.close_timeout(deadline.saturating_duration_since(std::time::Instant::now())))
+            .map(|w| {
+                let left = deadline.map_or(Duration::MAX, |d| {
+                    d.saturating_duration_since(std::time::Instant::now())
+                });
+                w.close_timeout(left)
+            })
             .sum()
     }
 }

@@ -89,7 +89,32 @@ pub struct ThreadWatch {
 fn raise(on_alarm: &mut impl FnMut(&Alarm), alarm: &Alarm) {
     #[cfg(feature = "tracing")]
     tracing::warn!(?alarm, "pinned-ffi: possible accidental pinning");
-    on_alarm(alarm);
+    // A panicking callback must not end the watch: it is caught (the
+    // panic hook still reports it) and the watch goes on.
+    let _ = crate::unwind::catch(|| on_alarm(alarm));
+}
+
+/// Sleeps for `interval` or until `stop` is set (the stopper unparks this
+/// thread), whichever comes first; `false` once stopped. An interval past
+/// the clock's range sleeps until stopped.
+fn nap(interval: Duration, stop: &AtomicBool) -> bool {
+    let wake_at = Instant::now().checked_add(interval);
+    loop {
+        // ORDERING: a stop request; nothing else is published through it.
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        match wake_at {
+            None => thread::park(),
+            Some(at) => {
+                let now = Instant::now();
+                if now >= at {
+                    return true;
+                }
+                thread::park_timeout(at - now);
+            }
+        }
+    }
 }
 
 fn name_counts() -> HashMap<String, usize> {
@@ -128,9 +153,7 @@ impl ThreadWatch {
                 let mut above_since: Option<Instant> = None;
                 let mut raised = false;
                 let (mut last_owners, mut last_at) = (owners_started(), Instant::now());
-                // ORDERING: a stop request; nothing else is published through it.
-                while !flag.load(Ordering::Relaxed) {
-                    thread::sleep(config.interval);
+                while nap(config.interval, &flag) {
                     // The watch's own thread is not the service's: leave it out.
                     let Some(count) = threads::thread_count().map(|c| c.saturating_sub(1)) else {
                         continue;
@@ -187,7 +210,8 @@ impl ThreadWatch {
         })
     }
 
-    /// Stops the watch and joins its thread.
+    /// Stops the watch and joins its thread, at once (not at the end of
+    /// the current interval).
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -196,6 +220,7 @@ impl ThreadWatch {
         // ORDERING: see the loop.
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark(); // cut its nap short
             let _ = h.join();
         }
     }

@@ -124,6 +124,12 @@ fn spin_windows_and_timeouts_past_the_clocks_range_neither_panic_nor_unwind_a_wa
             assert_eq!(t.wait_timeout(Duration::MAX), Ok(60));
             assert_eq!(w.close_timeout(Duration::MAX), 0);
         }
+        let pool = Pool::builder(2)
+            .worker(PinnedWorker::builder().spin(Duration::MAX))
+            .spawn(Ok::<_, std::convert::Infallible>)
+            .unwrap();
+        assert_eq!(pool.run(|i| *i + 1).map(|i| i > 0), Ok(true));
+        assert_eq!(pool.close_timeout(Duration::MAX), 0);
     });
 }
 
@@ -399,5 +405,38 @@ fn results_too_large_for_a_stack_are_boxed_or_refused_never_an_abort() {
         );
         assert_eq!(small.run(|_| [3u8; 32 << 10]).map(|r| r[0]), Ok(3));
         assert_eq!(w.metrics().panicked, 0);
+    });
+}
+
+#[test]
+fn a_watch_stops_at_once_whatever_its_interval_and_outlives_a_panicking_callback() {
+    if pinned_ffi::threads::thread_count().is_none() {
+        eprintln!("SKIPPED: no /proc thread count on this platform");
+        return;
+    }
+    within(30, || {
+        use pinned_ffi::{ThreadWatch, WatchConfig};
+        let forever = WatchConfig {
+            interval: Duration::MAX,
+            ..WatchConfig::default()
+        };
+        ThreadWatch::start(forever, |_| ()).unwrap().stop(); // returns: no nap to sleep out
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let always = WatchConfig {
+            interval: Duration::from_millis(5),
+            max_owner_starts_per_sec: -1.0, // every sample raises an alarm
+            ..WatchConfig::default()
+        };
+        let watch = ThreadWatch::start(always, move |_| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("bomb: an alarm callback panicked");
+            }
+        })
+        .unwrap();
+        while calls.load(Ordering::SeqCst) < 3 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        watch.stop();
     });
 }
