@@ -16,7 +16,7 @@ use crate::unwind::catch;
 use crate::worker::PinnedWorker;
 
 /// What the owner does after a job panics. The panicking job's caller always
-/// gets [`Error::Panicked`].
+/// gets [`Error::Panicked`](crate::Error::Panicked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PanicPolicy {
     /// Keep the state and go on (the default).
@@ -25,12 +25,12 @@ pub enum PanicPolicy {
     /// Drop the state on its owner thread, end that thread (and its
     /// `__thread` storage), and run `init` again on a fresh owner thread.
     Reinit,
-    /// Stop the worker: later jobs get [`Error::Stopped`].
+    /// Stop the worker: later jobs get [`Error::Stopped`](crate::Error::Stopped).
     Stop,
 }
 
 /// The circuit breaker: after `max_panics` panics within `window`, callers
-/// fail fast with [`Error::Broken`] for `cooldown`; then the state is
+/// fail fast with [`Error::Broken`](crate::Error::Broken) for `cooldown`; then the state is
 /// re-initialised on a fresh owner thread, and the breaker closes once that
 /// succeeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +159,7 @@ impl Builder {
     /// futex wake (tens of µs on a VM); zero always parks. While the
     /// threads taking part in hand-offs outnumber the cores, spinners
     /// yield the core on every round after the first few. An awaited
-    /// [`Ticket`] spins at most [`Ticket::POLL_SPIN`] of it.
+    /// [`Ticket`](crate::Ticket) spins at most [`Ticket::POLL_SPIN`](crate::Ticket::POLL_SPIN) of it.
     ///
     /// Windows longer than [`Builder::MAX_SPIN`] are clamped to it.
     pub fn spin(mut self, spin: Duration) -> Self {
@@ -188,7 +188,7 @@ impl Builder {
     /// ```
     pub const MAX_SPIN: Duration = Duration::from_secs(1);
     /// Whether to time jobs for the queue-wait and run-time histograms
-    /// (default on). One job in [`TIMED_ONE_JOB_IN`] per calling thread is
+    /// (default on). One job in [`TIMED_ONE_JOB_IN`](crate::TIMED_ONE_JOB_IN) per calling thread is
     /// timed, with three clock reads; the others pay nothing.
     ///
     /// ```

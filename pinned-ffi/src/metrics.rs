@@ -188,8 +188,15 @@ pub struct MetricsSnapshot {
     /// Panics in user code that the owner ran outside a job and caught:
     /// destructors of the state, of owner-bound values, of a cancelled or
     /// rejected job's captures, of a panic payload, of a result whose
-    /// caller had gone; a waker's `wake`; a panicking re-init's payload.
-    /// The worker carries on after each (the panic hook still reports it).
+    /// caller had gone; a waker's `wake`; a panicking re-init's payload;
+    /// and the panic that ended an owner thread's loop, if one ever does
+    /// (see [`Error::OwnerDied`](crate::Error::OwnerDied)). The worker
+    /// carries on after each (the panic hook still reports it). A job's own
+    /// panic is counted in `panicked`, and a panicking init or re-init is
+    /// reported rather than counted here:
+    /// [`SpawnError::InitPanicked`](crate::SpawnError::InitPanicked) from
+    /// `spawn`, or
+    /// [`Error::Broken`](crate::Error::Broken) with its message.
     pub contained_panics: u64,
     /// Jobs waiting in the queue now.
     pub queue_depth: usize,
