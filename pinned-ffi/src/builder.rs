@@ -106,7 +106,10 @@ impl Builder {
         self.name = Some(name.into());
         self
     }
-    /// The owner thread's stack size in bytes.
+    /// The owner thread's stack size in bytes (default 8 MiB, the size of
+    /// a process's main thread; at least [`Builder::MIN_STACK`]). It also
+    /// sets the largest result a job may return by value: an eighth of it
+    /// (see [`PinnedWorker::MAX_RESULT`](crate::PinnedWorker::MAX_RESULT)).
     ///
     /// ```
     /// let w = pinned_ffi::PinnedWorker::builder().stack_size(256 * 1024).spawn(|| Ok::<_, std::io::Error>(()))?;
@@ -114,9 +117,13 @@ impl Builder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stack_size(mut self, bytes: usize) -> Self {
-        self.stack_size = Some(bytes);
+        self.stack_size = Some(bytes.max(Self::MIN_STACK));
         self
     }
+
+    /// The smallest owner stack [`stack_size`](Self::stack_size) accepts
+    /// (64 KiB): room for the hand-off's own frames and a small result.
+    pub const MIN_STACK: usize = 64 << 10;
     /// Queue capacity (default 1024, at least 1): `submit` blocks and
     /// `try_submit` gives the job back when this many are waiting.
     pub fn capacity(mut self, jobs: usize) -> Self {

@@ -237,7 +237,7 @@ enum Carrier<R> {
 }
 
 /// Results larger than this travel boxed.
-pub(crate) const BOX_PAST: usize = 4096;
+pub(crate) const BOX_PAST: usize = 1024;
 
 impl<R> Carrier<R> {
     fn is_done(&self) -> bool {

@@ -357,7 +357,7 @@ impl<S: 'static> PinnedWorker<S> {
     #[inline]
     fn check_result_size<R>(&self) -> Result<(), Error> {
         let size = std::mem::size_of::<R>();
-        if size <= 4096 {
+        if size <= BOX_PAST {
             return Ok(()); // the common case, decided at compile time
         }
         let limit = self.result_limit();
@@ -369,7 +369,7 @@ impl<S: 'static> PinnedWorker<S> {
 
     /// The largest job result taken by value with the default owner stack
     /// (1 MiB); with [`Builder::stack_size`] the limit is an eighth of the
-    /// stack. Results past 4 KiB travel boxed, but the job's closure still
+    /// stack. Results past 1 KiB travel boxed, but the job's closure still
     /// returns its result on the owner's stack and a debug build copies it
     /// a few times there; a larger one fails with [`Error::ResultTooLarge`]
     /// before anything runs, instead of overflowing the stack. Return a

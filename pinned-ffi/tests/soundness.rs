@@ -404,6 +404,22 @@ fn results_too_large_for_a_stack_are_boxed_or_refused_never_an_abort() {
             })
         );
         assert_eq!(small.run(|_| [3u8; 32 << 10]).map(|r| r[0]), Ok(3));
+        // The smallest stack still carries the largest result it admits.
+        let tiny = PinnedWorker::builder()
+            .stack_size(0)
+            .spawn(|| Ok::<_, std::io::Error>(()))
+            .unwrap();
+        const TINY_MAX: usize = pinned_ffi::Builder::MIN_STACK / 8;
+        assert_eq!(
+            tiny.submit(|_| [4u8; TINY_MAX]).unwrap().wait().map(|r| r[0]),
+            Ok(4)
+        );
+        assert_eq!(tiny.run(|_| [4u8; TINY_MAX]).map(|r| r[0]), Ok(4));
+        assert_eq!(tiny.run(|_| [4u8; 1024]).map(|r| r[0]), Ok(4), "inline, unboxed");
+        assert!(matches!(
+            tiny.run(|_| [0u8; TINY_MAX + 1]),
+            Err(Error::ResultTooLarge { .. })
+        ));
         assert_eq!(w.metrics().panicked, 0);
     });
 }
