@@ -173,6 +173,11 @@ fn a_panic_payload_whose_destructor_panics_is_dropped_once_on_every_road() {
     });
 }
 
+/// The race needs the first call's post to land between the owner's last
+/// regular scan and its exit drain, a window too small to hit at will from
+/// here: the loom model `owner::loom_tests::loom_a_blocking_call_racing_close_gets_exactly_one_outcome`
+/// explores it and fails (`Err(Stopped)`) with the old drain. This test
+/// keeps the property under real scheduling.
 #[test]
 fn a_close_racing_a_first_call_answers_closed_never_stopped() {
     within(120, || {
