@@ -75,9 +75,8 @@ has_rust_src() { grep -q '^rust-src' <<<"$installed"; }
 # that Rust hands it); it cost nothing measurable here (a warm run took
 # 46 s with it, 55 s without: noise). LeakSanitizer stays on (a context
 # that is never destroyed is a real bug in this project), with
-# scripts/lsan.supp naming the leaks that are there by design: the
-# corruption test that forgets its contexts on purpose, and the panic
-# payload unwind::drop_payload forgets when dropping one panics again.
+# scripts/lsan.supp naming the one leak that is there by design: the
+# corruption test that forgets its contexts on purpose.
 asan() {
   run RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address" \
     "$CFLAGS_VAR=-fsanitize=address -fno-omit-frame-pointer${CFLAGS:+ $CFLAGS}" \

@@ -59,6 +59,7 @@ impl<S: 'static> PinnedWorker<S> {
         E: Send,
         F: FnOnce(&mut S) -> Result<T, E> + Send,
     {
+        self.check_sizes::<F, T>()?;
         let id = self.shared.next_bound.fetch_add(1, Ordering::Relaxed);
         let made = self.run_owner(move |o: &mut OwnerState<S>| -> Result<(), E> {
             let value = make(&mut o.state)?;
@@ -97,6 +98,7 @@ impl<S: 'static> PinnedWorker<S> {
         if bound.worker != self.shared.id {
             return Err(Error::StaleHandle);
         }
+        self.check_sizes::<F, R>()?;
         let id = bound.id;
         self.run_owner(move |o: &mut OwnerState<S>| {
             let value = o
@@ -133,6 +135,7 @@ impl<T> Drop for Bound<T> {
     fn drop(&mut self) {
         // Unbounded: never blocks, never full. If the worker is gone its
         // values were already destroyed on its owner thread.
+        crate::sync::channel_send();
         if self.releases.send(self.id).is_ok() {
             self.shared.bell.ring_after_send();
         }

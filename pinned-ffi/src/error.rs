@@ -159,6 +159,17 @@ pub enum Error {
         /// The largest result this worker takes by value.
         limit: usize,
     },
+    /// The job's closure (its captures) is too large to move through the
+    /// owner thread's stack: capture a `Box`, a `Vec` or (with `run`) a
+    /// reference instead, or raise
+    /// [`Builder::stack_size`](crate::Builder::stack_size). Nothing ran.
+    #[error("a {size}-byte job closure exceeds the {limit}-byte limit for this worker's owner stack")]
+    JobTooLarge {
+        /// `size_of` the closure.
+        size: usize,
+        /// The largest closure this worker takes.
+        limit: usize,
+    },
     /// An owner-bound handle whose value no longer exists on that worker
     /// (its state was re-initialised) or that belongs to another worker.
     #[error("the owner-bound value is gone or belongs to another worker")]

@@ -105,15 +105,34 @@ impl<S: 'static> Core<S> {
             if work {
                 continue;
             }
-            let (mailboxes, engaged) = (&self.mailboxes, &mut self.engaged);
+            let (mailboxes, engaged, shared) = (&self.mailboxes, &mut self.engaged, &self.shared);
             let look = || {
                 if !rx.is_empty() || !releases.is_empty() || mailboxes.pending() {
                     return Look::Busy;
                 }
+                // Closed, idle, and no producer between admission and its
+                // send: stop, whether or not a `Stop` comes (a close that
+                // could not wait may have found the queue full). Read in
+                // this order: a producer admitted after the in-flight read
+                // sees `closed` (`enter`); one that sent before it left its
+                // job in the queue, which the second look sees.
+                // ORDERING: SeqCst, the other side of `enter`'s handshake.
+                if shared.closed.load(Ordering::SeqCst) {
+                    crate::sync::seqcst_handshake();
+                    if shared.inflight.load(Ordering::SeqCst) == 0 {
+                        if !rx.is_empty() || !releases.is_empty() || mailboxes.pending() {
+                            return Look::Busy;
+                        }
+                        return Look::Found(Event::Disconnected);
+                    }
+                }
                 // An empty, disconnected queue looks empty: ask before
                 // parking (no sender is left to wake us).
                 match rx.try_recv() {
-                    Ok(m) => Look::Found(Event::Msg(m)),
+                    Ok(m) => {
+                        crate::sync::channel_recv();
+                        Look::Found(Event::Msg(m))
+                    }
                     Err(TryRecvError::Disconnected) => Look::Found(Event::Disconnected),
                     Err(TryRecvError::Empty) => Look::Idle,
                 }
@@ -170,11 +189,16 @@ impl<S: 'static> Core<S> {
 /// Takes the next queued message or release, if any.
 pub(crate) fn poll_queues<S>(rx: &Receiver<Msg<S>>, releases: &Receiver<u64>) -> Option<Event<S>> {
     match rx.try_recv() {
-        Ok(m) => return Some(Event::Msg(m)),
+        Ok(m) => {
+            crate::sync::channel_recv();
+            return Some(Event::Msg(m));
+        }
         Err(TryRecvError::Disconnected) => return Some(Event::Disconnected),
         Err(TryRecvError::Empty) => {}
     }
-    releases.try_recv().ok().map(Event::Release)
+    let id = releases.try_recv().ok()?;
+    crate::sync::channel_recv();
+    Some(Event::Release(id))
 }
 
 /// The least spacing between two re-init attempts; it doubles with each
@@ -410,6 +434,7 @@ fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
     loop {
         let idle = shared.inflight.load(Ordering::SeqCst) == 0;
         while let Ok(msg) = core.rx.try_recv() {
+            crate::sync::channel_recv();
             if !matches!(msg, Msg::Stop) {
                 Counters::bump(&shared.counters.rejected);
                 core.contained(msg.reject(error.clone()));

@@ -317,6 +317,9 @@ impl Wake for ThreadWaker {
 #[must_use = "dropping a ticket cancels its job if it has not started"]
 pub struct Ticket<R> {
     slot: Option<Carrier<R>>,
+    /// While awaited from an owner thread: that owner's wait on the job's
+    /// worker, for the deadlock detector.
+    waiting: Option<Waiting>,
     spin: Duration,
     polled: bool,
 }
@@ -331,6 +334,7 @@ impl<R> Ticket<R> {
     pub(crate) fn new(slot: Arc<Slot<R>>, spin: Duration) -> Self {
         Ticket {
             slot: Some(Carrier::Inline(slot)),
+            waiting: None,
             spin,
             polled: false,
         }
@@ -340,6 +344,7 @@ impl<R> Ticket<R> {
     pub(crate) fn boxed(slot: Arc<Slot<Box<R>>>, spin: Duration) -> Self {
         Ticket {
             slot: Some(Carrier::Boxed(slot)),
+            waiting: None,
             spin,
             polled: false,
         }
@@ -468,7 +473,12 @@ impl<R> Ticket<R> {
     /// assert_eq!(value, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Panics
+    /// If the outcome was already taken (the ticket was awaited to the
+    /// end), as [`wait`](Self::wait) does.
     pub fn try_get(mut self) -> Result<Result<R, Error>, Ticket<R>> {
+        assert!(self.slot.is_some(), "ticket used after its outcome was taken");
         if self.is_done() {
             Ok(self.slot.take().expect("checked above").take())
         } else {
@@ -489,22 +499,35 @@ impl<R> Future for Ticket<R> {
     type Output = Result<R, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let spin = if self.polled {
+        let this = &mut *self;
+        let spin = if this.polled {
             Duration::ZERO
         } else {
-            self.spin.min(Self::POLL_SPIN)
+            this.spin.min(Self::POLL_SPIN)
         };
-        self.polled = true;
-        let slot = self.slot.as_ref().expect("Ticket polled after completion");
-        if !slot.is_done() && waits::would_deadlock(slot.worker()) {
-            // Polled (by a nested `block_on`, say) where the job can never
-            // finish: on its own worker's owner thread, or in a cycle.
-            slot.cancel();
-            self.slot = None;
-            return Poll::Ready(Err(Error::Reentrant));
+        this.polled = true;
+        let slot = this.slot.as_ref().expect("Ticket polled after completion");
+        if !slot.is_done() {
+            // Polled on an owner thread (by a nested `block_on`, say): that
+            // owner now waits on the job's worker until the ticket resolves.
+            // Record it, and refuse a wait that could never end (on its own
+            // worker, or closing a cycle of owners).
+            let me = waits::current();
+            if me.is_some() && this.waiting.as_ref().and_then(Waiting::waiter) != me {
+                match waits::begin(slot.worker()) {
+                    Ok(w) => this.waiting = Some(w),
+                    Err(e) => {
+                        slot.cancel();
+                        this.slot = None;
+                        this.waiting = None;
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
         }
         if spin_until_done(|| slot.is_done(), spin, None) || slot.register(cx.waker()) {
-            let slot = self.slot.take().expect("checked above");
+            let slot = this.slot.take().expect("checked above");
+            this.waiting = None;
             return Poll::Ready(slot.take());
         }
         Poll::Pending

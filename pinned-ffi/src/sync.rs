@@ -30,6 +30,33 @@ pub(crate) fn seqcst_handshake() {
     fence(std::sync::atomic::Ordering::SeqCst);
 }
 
+// The owner's queues are crossbeam channels, which loom cannot see: a job
+// sent through one carries data (its slot, a pointer into the caller's
+// frame) whose Release/Acquire pairing is crossbeam's own. Under loom,
+// `channel_send` and `channel_recv` stand for that pairing: a sender calls
+// the first just before sending, the owner the second just after a
+// receive. The owner's read-modify-write reads the latest count, so it
+// synchronises with every send made before its receive. Outside loom they
+// compile to nothing.
+#[cfg(pinned_loom)]
+loom::lazy_static! {
+    static ref CHANNEL_EDGES: AtomicUsize = AtomicUsize::new(0);
+}
+
+/// Before a send on one of the owner's queues (see above).
+#[inline(always)]
+pub(crate) fn channel_send() {
+    #[cfg(pinned_loom)]
+    CHANNEL_EDGES.fetch_add(1, std::sync::atomic::Ordering::Release);
+}
+
+/// After a receive from one of the owner's queues (see above).
+#[inline(always)]
+pub(crate) fn channel_recv() {
+    #[cfg(pinned_loom)]
+    CHANNEL_EDGES.fetch_add(0, std::sync::atomic::Ordering::Acquire);
+}
+
 /// An `UnsafeCell` with loom's closure-based access, so loom can track
 /// every access to the slot's result.
 #[derive(Debug)]

@@ -6,8 +6,8 @@
 //!   owner runs that a user wrote (a job, a destructor of the state, of a
 //!   bound value, of a job's captures or result, a panic payload's
 //!   destructor, a waker) goes through [`catch`] or [`drop_caught`]. A
-//!   payload is user code too: it is dropped under a catch, and one whose
-//!   destructor panics again is leaked rather than dropped a third time.
+//!   payload is user code too: it is dropped under a catch, and so is the
+//!   payload of a panic in its destructor, to a fixed depth.
 //! - **A region where another thread may hold a borrow of this frame (or
 //!   this thread holds one of another's) cannot unwind**, by construction:
 //!   an [`AbortOnUnwind`] guard lives across it, and if anything inside
@@ -54,17 +54,28 @@ impl Drop for AbortOnUnwind {
     }
 }
 
-/// Drops a panic payload under a catch: `true` if its destructor panicked
-/// (that second payload is leaked, never dropped).
+/// Drops a panic payload under a catch: `true` if its destructor panicked.
+/// The payload of that panic is dropped the same way, and so on; only a
+/// chain deeper than [`PAYLOAD_DEPTH`] is cut short by leaking its last
+/// payload (a destructor that panics with a payload whose destructor
+/// panics, again and again, would otherwise never end).
 pub(crate) fn drop_payload(payload: Box<dyn Any + Send>) -> bool {
-    match panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        Ok(()) => false,
-        Err(again) => {
-            std::mem::forget(again);
-            true
-        }
+    let mut next = match panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        Ok(()) => return false,
+        Err(again) => again,
+    };
+    for _ in 1..PAYLOAD_DEPTH {
+        next = match panic::catch_unwind(AssertUnwindSafe(move || drop(next))) {
+            Ok(()) => return true,
+            Err(again) => again,
+        };
     }
+    std::mem::forget(next);
+    true
 }
+
+/// How many nested payloads [`drop_payload`] drops before it leaks one.
+pub(crate) const PAYLOAD_DEPTH: usize = 8;
 
 /// Runs user code under a catch. On a panic: its message, and whether the
 /// payload's own destructor panicked too.
@@ -122,6 +133,24 @@ mod tests {
         assert!(caught.payload_panicked);
         assert_eq!(caught.panics(), 2);
         assert_eq!(drop_caught(Bomb), 1);
+        // A payload whose destructor panics with a payload whose destructor
+        // panics...: dropped to PAYLOAD_DEPTH, then the last one leaks.
+        struct Chain(usize, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Chain {
+            fn drop(&mut self) {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if self.0 > 0 {
+                    std::panic::panic_any(Chain(self.0 - 1, std::sync::Arc::clone(&self.1)));
+                }
+            }
+        }
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        assert!(drop_payload(Box::new(Chain(3, std::sync::Arc::clone(&dropped)))));
+        assert_eq!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "every link dropped once"
+        );
         assert_eq!(drop_caught(7u8), 0);
         assert_eq!(catch(|| 5).unwrap(), 5);
     }

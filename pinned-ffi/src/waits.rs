@@ -103,6 +103,13 @@ fn begin_as(me: u64, target: u64) -> Result<Waiting, Error> {
     Ok(Waiting(Some((me, target))))
 }
 
+impl Waiting {
+    /// The worker whose owner waits, if the wait was recorded.
+    pub(crate) fn waiter(&self) -> Option<u64> {
+        self.0.map(|(me, _)| me)
+    }
+}
+
 impl Drop for Waiting {
     fn drop(&mut self) {
         if let Some(edge) = self.0 {

@@ -157,19 +157,32 @@ impl<S: 'static> PinnedWorker<S> {
     }
 
     pub(crate) fn enqueue(&self, msg: Msg<S>, wait: Wait) -> Result<(), (Msg<S>, Refused)> {
-        // A job queued where waiting for room could never end (from its own
-        // owner thread, whose loop is the one that makes room, or from an
-        // owner this worker's owner waits on) must not wait.
+        let _flight = match self.enter() {
+            Ok(g) => g,
+            Err(e) => return Err((msg, Refused::Err(e))),
+        };
+        // Try first: only a full queue makes this a wait on the owner.
+        crate::sync::channel_send();
+        let msg = match self.tx.try_send(msg) {
+            Ok(()) => {
+                self.shared.bell.ring_after_send();
+                return Ok(());
+            }
+            Err(channel::TrySendError::Disconnected(m)) => {
+                return Err((m, Refused::Err(self.shared.refusal())))
+            }
+            Err(channel::TrySendError::Full(m)) => m,
+        };
+        // Waiting for room that could never come (from the worker's own
+        // owner thread, whose loop is what makes room, or from an owner
+        // this worker's owner waits on) is refused; other waits are
+        // recorded while they last.
         let (wait, _waiting, stuck) = match wait {
             Wait::No => (Wait::No, None, false),
             blocking => match waits::begin(self.shared.id) {
                 Ok(w) => (blocking, Some(w), false),
                 Err(_) => (Wait::No, None, true),
             },
-        };
-        let _flight = match self.enter() {
-            Ok(g) => g,
-            Err(e) => return Err((msg, Refused::Err(e))),
         };
         let sent = match wait {
             Wait::Block => self.tx.send(msg).map_err(|e| (e.0, true)),
@@ -237,6 +250,7 @@ impl<S: 'static> PinnedWorker<S> {
         F: FnOnce(&mut S) -> R + Send + 'a,
         R: Send + 'a,
     {
+        self.check_sizes::<F, R>()?;
         self.run_owner(move |o: &mut OwnerState<S>| f(&mut o.state))
     }
 
@@ -249,7 +263,6 @@ impl<S: 'static> PinnedWorker<S> {
         R: Send + 'a,
     {
         let _waiting = waits::begin(self.shared.id)?;
-        self.check_result_size::<R>()?;
         if std::mem::size_of::<R>() > BOX_PAST {
             // A large result travels boxed: the hand-off's layers move a
             // pointer, not the value (see `MAX_RESULT`).
@@ -352,17 +365,23 @@ impl<S: 'static> PinnedWorker<S> {
         self.shared.config.stack_size.unwrap_or(DEFAULT_OWNER_STACK) / 8
     }
 
-    /// Refuses a result type too large for the owner's stack, rather than
-    /// letting it overflow the stack and abort the process.
+    /// Refuses a job whose closure (its captures) or result is too large
+    /// for the owner's stack, rather than letting it overflow the stack and
+    /// abort the process. `F` is what the owner calls, `R` what it makes
+    /// there (a result, or a value to bind).
     #[inline]
-    fn check_result_size<R>(&self) -> Result<(), Error> {
-        let size = std::mem::size_of::<R>();
-        if size <= BOX_PAST {
+    pub(crate) fn check_sizes<F, R>(&self) -> Result<(), Error> {
+        let (job, result) = (std::mem::size_of::<F>(), std::mem::size_of::<R>());
+        if job <= BOX_PAST && result <= BOX_PAST {
             return Ok(()); // the common case, decided at compile time
         }
         let limit = self.result_limit();
-        if size > limit {
-            return Err(Error::ResultTooLarge { size, limit });
+        if result > limit {
+            return Err(Error::ResultTooLarge { size: result, limit });
+        }
+        let limit = limit / 4;
+        if job > limit {
+            return Err(Error::JobTooLarge { size: job, limit });
         }
         Ok(())
     }
@@ -386,6 +405,23 @@ impl<S: 'static> PinnedWorker<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub const MAX_RESULT: usize = DEFAULT_OWNER_STACK / 8;
+
+    /// The largest closure a job may have with the default owner stack
+    /// (256 KiB of captures; with [`Builder::stack_size`], a thirty-second
+    /// of the stack): the owner moves the closure a few times on its stack
+    /// before it runs (more in debug builds). A larger one fails with
+    /// [`Error::JobTooLarge`] before anything runs; capture a `Box` or a
+    /// `Vec` (or a reference, with [`run`](Self::run)) instead.
+    ///
+    /// ```
+    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// use pinned_ffi::{Error, PinnedWorker};
+    /// let big = [7u8; PinnedWorker::<()>::MAX_JOB + 1];
+    /// assert!(matches!(w.run(move |_| big[0]), Err(Error::JobTooLarge { .. })));
+    /// assert_eq!(w.run(|_| big[0])?, 7); // borrowed, not captured: fine
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub const MAX_JOB: usize = DEFAULT_OWNER_STACK / 32;
 
     /// Queues `f` and returns a [`Ticket`] for its result; blocks while the
     /// queue is full.
@@ -475,7 +511,7 @@ impl<S: 'static> PinnedWorker<S> {
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        if let Err(e) = self.check_result_size::<R>() {
+        if let Err(e) = self.check_sizes::<F, R>() {
             return Err(TrySubmitError::Refused(f, e));
         }
         let spin = self.shared.config.spin;
@@ -527,6 +563,11 @@ impl<S: 'static> PinnedWorker<S> {
     /// owner thread and joins it. Idempotent; later calls return at once.
     /// Called by `Drop`.
     ///
+    /// Where waiting could never end (called from a job of this worker, or
+    /// from a job of a worker that this one's owner waits on), it stops
+    /// intake and returns without waiting: the owner runs what was
+    /// accepted, then exits on its own.
+    ///
     /// ```
     /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
     /// let t = w.submit(|n| *n + 1)?;
@@ -542,11 +583,8 @@ impl<S: 'static> PinnedWorker<S> {
     /// Like [`close`](Self::close), but gives up on jobs still queued after
     /// `timeout`: they never run and their callers get [`Error::Shutdown`].
     /// A job already running is waited for (it cannot be interrupted).
-    /// Returns how many accepted jobs were shut down that way.
-    ///
-    /// # Panics
-    /// If called from this worker's own owner thread (it would wait on
-    /// itself).
+    /// Returns how many accepted jobs were shut down that way. Where it
+    /// cannot wait it behaves as [`close`](Self::close) does and returns 0.
     ///
     /// ```
     /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
@@ -562,11 +600,7 @@ impl<S: 'static> PinnedWorker<S> {
     }
 
     pub(crate) fn close_inner(&self, deadline: Option<Instant>) {
-        assert!(
-            owner_of_current_thread() != Some(self.shared.id),
-            "PinnedWorker::close called from its own owner thread"
-        );
-        close_shared(&self.shared, &self.tx, deadline);
+        close_from_here(&self.shared, &self.tx, deadline);
     }
 
     /// This worker's id (unique in the process), as the deadlock detector
@@ -644,16 +678,30 @@ impl<S: 'static> PinnedWorker<S> {
 
 impl<S> Drop for PinnedWorker<S> {
     fn drop(&mut self) {
-        if owner_of_current_thread() == Some(self.shared.id) {
-            // Dropped by one of its own jobs: stop intake and let the owner
-            // finish the queue; nobody can join it from here.
-            self.shared.closed.store(true, Ordering::SeqCst);
-            let _ = self.tx.try_send(Msg::Stop);
-            self.shared.bell.ring_after_send();
-            return;
-        }
-        close_shared(&self.shared, &self.tx, None);
+        close_from_here(&self.shared, &self.tx, None);
     }
+}
+
+/// `close` and `Drop`: waits for the owner unless waiting could never end.
+fn close_from_here<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Option<Instant>) {
+    match waits::begin(shared.id) {
+        // Recorded while it waits: a job of this worker that waits on the
+        // caller's worker meanwhile is refused, not left hanging.
+        Ok(_waiting) => close_shared(shared, tx, deadline),
+        Err(_) => close_without_waiting(shared, tx),
+    }
+}
+
+/// A close that cannot wait (called from the worker's own owner thread, or
+/// from an owner this worker's owner waits on): stops intake and returns.
+/// The owner runs what was accepted, sees the worker closed when it has
+/// nothing left, and exits on its own.
+fn close_without_waiting<S>(shared: &Shared, tx: &Sender<Msg<S>>) {
+    // ORDERING: as in `close_shared`.
+    shared.closed.store(true, Ordering::SeqCst);
+    crate::sync::channel_send();
+    let _ = tx.try_send(Msg::Stop); // a full queue: the owner sees `closed`
+    shared.bell.ring_after_send();
 }
 
 /// Stops intake, lets the owner finish (or, past `deadline`, shut down)
@@ -670,6 +718,7 @@ pub(crate) fn close_shared<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Op
         crate::sync::yield_now();
     }
     // A worker that already stopped has no receiver: nothing to send.
+    crate::sync::channel_send();
     let _ = match deadline {
         None => tx.send(Msg::Stop),
         Some(d) => tx.send_deadline(Msg::Stop, d).or_else(|e| match e {

@@ -425,6 +425,39 @@ fn results_too_large_for_a_stack_are_boxed_or_refused_never_an_abort() {
             tiny.run(|_| [0u8; TINY_MAX + 1]),
             Err(Error::ResultTooLarge { .. })
         ));
+        // Captures count too: a closure past MAX_JOB is refused, given back
+        // by try_submit; a borrowed buffer of any size is fine.
+        const JOB: usize = PinnedWorker::<()>::MAX_JOB;
+        assert_eq!(JOB, 256 << 10);
+        let fits = [6u8; JOB];
+        assert_eq!(w.run(move |_| fits[JOB - 1]), Ok(6));
+        assert_eq!(w.submit(move |_| fits[0]).unwrap().wait(), Ok(6));
+        let huge = [6u8; JOB + 1];
+        let too_big_job = Err(Error::JobTooLarge {
+            size: JOB + 1,
+            limit: JOB,
+        });
+        assert_eq!(w.run(move |_| huge[0]), too_big_job);
+        assert_eq!(
+            w.submit(move |_| huge[0]).map(|_| ()),
+            too_big_job.clone().map(|_: u8| ())
+        );
+        match w.try_submit(move |_| huge[1]) {
+            Err(TrySubmitError::Refused(job, e)) => {
+                assert_eq!(Err::<u8, _>(e), too_big_job);
+                assert_eq!(job(&mut 0), 6, "the job comes back");
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_eq!(w.run(|_| huge[JOB]), Ok(6), "borrowed, not captured");
+        // A value made for binding is a result of sorts; `with` returns its
+        // own result by value, up to the same limit.
+        assert!(matches!(
+            w.bind(|_| [0u8; MAX + 1]).map(|_| ()),
+            Err(Error::ResultTooLarge { .. })
+        ));
+        let b = w.bind(|_| 5u8).unwrap();
+        assert_eq!(w.with(&b, |_, v| [*v; MAX]).map(|r| r[MAX - 1]), Ok(5));
         assert_eq!(w.metrics().panicked, 0);
     });
 }
@@ -459,5 +492,103 @@ fn a_watch_stops_at_once_whatever_its_interval_and_outlives_a_panicking_callback
             std::thread::sleep(Duration::from_millis(5));
         }
         watch.stop();
+    });
+}
+
+#[test]
+fn a_close_that_could_never_wait_returns_and_the_owner_exits_by_itself() {
+    within(30, || {
+        // From the worker's own job: close and drop return at once.
+        let w = Arc::new(worker());
+        let inner = Arc::clone(&w);
+        let queued: Vec<_> = (0..3).map(|_| w.submit(|n| *n + 1).unwrap()).collect();
+        assert_eq!(w.run(move |_| inner.close()), Ok(()));
+        for t in queued {
+            assert!(t.wait().is_ok(), "what was accepted still runs");
+        }
+        assert_eq!(w.run(|n| *n), Err(Error::Closed));
+        assert_eq!(w.close_timeout(Duration::from_secs(5)), 0);
+
+        // A's job closes (drops) B while B's job waits on A: neither hangs.
+        let a = Arc::new(worker());
+        let b = worker();
+        let (a2, (started, hold)) = (Arc::clone(&a), mpsc::channel());
+        let tb = b
+            .submit(move |_| {
+                started.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                a2.run(|n| *n + 1)
+            })
+            .unwrap();
+        hold.recv().unwrap();
+        let ta = a.submit(move |_| drop(b)).unwrap();
+        match tb.wait() {
+            // B's job asked A while A's owner waited for B: refused ...
+            Ok(Err(Error::Reentrant)) => {}
+            // ... or A's close saw B waiting on it and did not wait.
+            Ok(Ok(1)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ta.wait(), Ok(()));
+    });
+}
+
+#[test]
+fn owners_awaiting_each_others_tickets_are_refused_not_hung() {
+    within(60, || {
+        for _ in 0..50 {
+            let a = Arc::new(worker());
+            let b = Arc::new(worker());
+            let (a2, b2) = (Arc::clone(&a), Arc::clone(&b));
+            let got = a
+                .submit(move |_| {
+                    let tb = b2
+                        .submit(move |_| block_on(a2.submit(|n| *n + 1).unwrap()))
+                        .unwrap();
+                    block_on(tb)
+                })
+                .unwrap()
+                .wait()
+                .unwrap();
+            match got {
+                Err(Error::Reentrant) | Ok(Err(Error::Reentrant)) => {}
+                other => panic!("one side of the cycle is refused: {other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn queueing_on_another_worker_is_not_a_wait_so_never_refused() {
+    within(60, || {
+        let (a, b) = (Arc::new(worker()), Arc::new(worker()));
+        for i in 0..300 {
+            let (tx, rx) = mpsc::channel::<pinned_ffi::Ticket<u64>>();
+            let b2 = Arc::clone(&b);
+            // A's job only queues on B (room is there); B's job waits on a
+            // ticket of A queued behind A's job: no deadlock is possible.
+            let outer = a
+                .submit(move |_| {
+                    let later = rx.recv().unwrap();
+                    b2.submit(move |_| later.wait()).unwrap()
+                })
+                .unwrap();
+            tx.send(a.submit(|n| *n + 1).unwrap()).unwrap();
+            assert_eq!(outer.wait().unwrap().wait(), Ok(Ok(1)), "round {i}");
+        }
+    });
+}
+
+#[test]
+fn a_ticket_awaited_to_the_end_is_spent() {
+    within(10, || {
+        let w = worker();
+        let mut t = w.submit(|n| *n + 3).unwrap();
+        assert_eq!(block_on(&mut t), Ok(3));
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || t.try_get().is_ok()));
+        assert!(
+            again.is_err(),
+            "try_get on a spent ticket says so instead of waiting forever"
+        );
     });
 }
