@@ -31,13 +31,15 @@
 //! ```
 
 mod bound;
-mod builder;
+mod close;
+mod config;
 mod context;
 mod doorbell;
 mod error;
 mod job;
 mod labels;
 mod lane;
+mod limits;
 mod mailbox;
 mod metrics;
 mod model;
@@ -46,6 +48,7 @@ pub mod placement;
 mod pool;
 mod shared;
 mod slot;
+mod spawn;
 mod spin;
 mod sync;
 pub mod threads;
@@ -55,7 +58,7 @@ mod watch;
 mod worker;
 
 pub use bound::Bound;
-pub use builder::{Breaker, Builder, PanicPolicy};
+pub use config::{Breaker, Builder, PanicPolicy};
 pub use context::{BatchError, Config, Context, Stats, MAX_INPUT};
 pub use error::{AffError, Error, ErrorCode, SpawnError, TrySubmitError};
 pub use labels::with_label;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
-use crate::builder::PanicPolicy;
+use crate::config::PanicPolicy;
 use crate::doorbell::Look;
 use crate::error::{panic_message, Error};
 use crate::job::{Msg, OwnerState, PostedJob, RunOutcome};
@@ -598,115 +598,5 @@ pub(crate) mod tests {
 /// real owner loop (`owner_thread`) on a loom thread, and the real `close`,
 /// wired as `Builder::spawn` wires them minus the std thread.
 #[cfg(all(test, pinned_loom))]
-mod loom_tests {
-    use super::*;
-    use crate::builder::Builder;
-    use crate::mailbox::Mailboxes;
-    use crate::worker::PinnedWorker;
-    use std::marker::PhantomData;
-    use std::sync::atomic::AtomicUsize;
-
-    /// A worker whose owner side is returned instead of started. No spins:
-    /// every wait takes its parking path, the one with the handshakes.
-    fn unstarted() -> (PinnedWorker<u64>, Core<u64>) {
-        let config = Builder::default()
-            .spin(Duration::ZERO)
-            .owner_spin(Duration::ZERO)
-            .timings(false)
-            .capacity(4);
-        let shared = Arc::new(Shared::new(config));
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let (release_tx, release_rx) = crossbeam_channel::unbounded();
-        let mailboxes = Mailboxes::new();
-        let scanner = Scanner::new(Arc::clone(&mailboxes));
-        let core = Core::new(Arc::clone(&shared), rx, release_rx, scanner, Box::new(|| Ok(0)));
-        let worker = PinnedWorker {
-            shared,
-            tx,
-            releases: release_tx,
-            mailboxes,
-            _state: PhantomData,
-        };
-        (worker, core)
-    }
-
-    /// Starts the owner loop on a loom thread.
-    fn start(core: Core<u64>) -> loom::thread::JoinHandle<()> {
-        loom::thread::spawn(move || {
-            core.shared.bell.set_owner(crate::sync::current());
-            owner_thread(core, Some(OwnerState::new(0)), None);
-        })
-    }
-
-    /// Counts its drops.
-    struct Token(Arc<AtomicUsize>);
-    impl Drop for Token {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// Runs `f` under loom, dropping the model threads' mailbox
-    /// registrations inside the model, even when `f` fails.
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        struct Forget;
-        impl Drop for Forget {
-            fn drop(&mut self) {
-                crate::mailbox::forget_registrations();
-            }
-        }
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(3);
-        b.check(move || {
-            let _forget = Forget;
-            f()
-        });
-    }
-
-    #[test]
-    fn loom_a_blocking_call_racing_close_gets_exactly_one_outcome() {
-        model(|| {
-            let (w, core) = unstarted();
-            let w = Arc::new(w);
-            let owner = start(core);
-            let drops = Arc::new(AtomicUsize::new(0));
-            let caller = {
-                let (w, token) = (Arc::clone(&w), Token(Arc::clone(&drops)));
-                loom::thread::spawn(move || {
-                    w.run(move |n| {
-                        let _token = token;
-                        *n += 1;
-                        *n
-                    })
-                })
-            };
-            w.close();
-            let got = caller.join().unwrap();
-            owner.join().unwrap();
-            assert!(matches!(got, Ok(1) | Err(Error::Closed)), "{got:?}");
-            assert_eq!(
-                drops.load(Ordering::SeqCst),
-                1,
-                "the closure is dropped exactly once"
-            );
-            assert!(w.shared.has_exited());
-        });
-    }
-
-    #[test]
-    fn loom_a_ticket_racing_close_is_run_or_refused_never_lost() {
-        model(|| {
-            let (w, core) = unstarted();
-            let w = Arc::new(w);
-            let owner = start(core);
-            let caller = {
-                let w = Arc::clone(&w);
-                loom::thread::spawn(move || w.submit(|n| *n + 7).map(|t| t.wait()))
-            };
-            w.close();
-            let got = caller.join().unwrap();
-            owner.join().unwrap();
-            assert!(matches!(got, Ok(Ok(7)) | Err(Error::Closed)), "{got:?}");
-        });
-    }
-}
+#[path = "owner_loom.rs"]
+mod loom_tests;

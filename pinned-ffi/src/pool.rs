@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::builder::Builder;
+use crate::config::Builder;
 use crate::error::{Error, SpawnError};
 use crate::metrics::{MetricsSnapshot, Padded};
 use crate::placement::{Placement, Topology};

@@ -6,14 +6,19 @@ use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::builder::Builder;
+use crate::config::Builder;
 use crate::doorbell::Doorbell;
 use crate::error::Error;
 use crate::lane::Owner;
 use crate::metrics::{Counters, Histogram, Padded};
-use crate::worker::{NEXT_WORKER_ID, OWNERS_STARTED, OWNER_OF};
 
 /// The part of a worker shared by its handle and its owner thread(s).
+/// Worker ids: unique in the process, never reused.
+static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Owner threads started so far (see [`owners_started`](crate::owners_started)).
+pub(crate) static OWNERS_STARTED: AtomicU64 = AtomicU64::new(0);
+
 /// An owner thread's stack unless [`Builder::stack_size`] says otherwise:
 /// the size of a process's main thread, which C libraries written for it
 /// tend to assume, and room for results of up to
@@ -89,7 +94,7 @@ impl Shared {
 
     /// Runs first on every owner thread: marks it, applies the CPU set.
     pub(crate) fn enter_owner_thread(&self) -> std::io::Result<()> {
-        OWNER_OF.with(|o| o.set(self.id));
+        crate::waits::become_owner_of(self.id);
         // ORDERING: a statistic.
         OWNERS_STARTED.fetch_add(1, Ordering::Relaxed);
         // ORDERING: informational.

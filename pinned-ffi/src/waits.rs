@@ -1,4 +1,5 @@
-//! Who waits on whom: the executor's deadlock detector.
+//! Who this thread is, and who waits on whom: the owner identity of each
+//! thread and the executor's deadlock detector.
 //!
 //! A blocking wait made on an owner thread can never end when the worker
 //! it waits on is, directly or through others, waiting on this one: a job
@@ -24,16 +25,29 @@ use std::cell::Cell;
 use std::sync::Mutex;
 
 use crate::error::Error;
-use crate::worker::owner_of_current_thread;
 
 /// Edges of the wait-for graph: (worker whose owner waits, worker waited
 /// on), one per wait in progress.
 static EDGES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 
 thread_local! {
+    /// The id of the worker whose owner thread this is (0: none).
+    static OWNER_OF: Cell<u64> = const { Cell::new(0) };
     /// The worker this thread waits for, when it is not that worker's owner
     /// but that owner waits on it (a broadcast's helper thread).
     static ACTING_FOR: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Marks this thread as the owner thread of worker `id`.
+pub(crate) fn become_owner_of(id: u64) {
+    OWNER_OF.with(|o| o.set(id));
+}
+
+/// The worker whose owner thread the caller is on, if any.
+#[inline]
+pub(crate) fn owner_of_current_thread() -> Option<u64> {
+    let id = OWNER_OF.with(Cell::get);
+    (id != 0).then_some(id)
 }
 
 /// The worker on whose behalf this thread waits: the one whose owner it

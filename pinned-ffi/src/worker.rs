@@ -14,14 +14,13 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{self as channel, Sender};
 
-use crate::builder::Builder;
-use crate::error::{Error, SpawnError, TrySubmitError};
+use crate::error::{Error, TrySubmitError};
 use crate::job::{
     call_owner, call_state, call_state_boxed, BorrowedJob, CacheAligned, Job, JobImpl, JobPtr, Msg,
     OwnerState,
@@ -29,17 +28,14 @@ use crate::job::{
 use crate::lane::Lane;
 use crate::mailbox::Mailboxes;
 use crate::metrics::MetricsSnapshot;
-use crate::shared::{InFlight, Shared, DEFAULT_OWNER_STACK};
+use crate::shared::{InFlight, Shared};
 use crate::slot::{Slot, Ticket, BOX_PAST};
 use crate::unwind::AbortOnUnwind;
 use crate::waits;
 
-pub(crate) static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
-
 /// With timings on (the default), one job in this many per calling thread
 /// is timed for the queue-wait and run-time histograms.
 pub const TIMED_ONE_JOB_IN: u32 = 32;
-pub(crate) static OWNERS_STARTED: AtomicU64 = AtomicU64::new(0);
 
 /// Owner threads started by this process so far (spawns and re-inits).
 /// A rate far above the number of pools means something creates owners
@@ -53,19 +49,7 @@ pub(crate) static OWNERS_STARTED: AtomicU64 = AtomicU64::new(0);
 /// ```
 pub fn owners_started() -> u64 {
     // ORDERING: a statistic.
-    OWNERS_STARTED.load(Ordering::Relaxed)
-}
-
-thread_local! {
-    /// The id of the worker whose owner thread this is (0: none).
-    pub(crate) static OWNER_OF: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The worker whose owner thread the caller is on, if any.
-#[inline]
-pub(crate) fn owner_of_current_thread() -> Option<u64> {
-    let id = OWNER_OF.with(Cell::get);
-    (id != 0).then_some(id)
+    crate::shared::OWNERS_STARTED.load(Ordering::Relaxed)
 }
 
 /// How `enqueue` may wait for room in the queue.
@@ -111,26 +95,7 @@ impl<S> std::fmt::Debug for PinnedWorker<S> {
     }
 }
 
-impl PinnedWorker<()> {
-    /// A builder with the defaults; [`Builder::spawn`] fixes the state type.
-    pub fn builder() -> Builder {
-        Builder::default()
-    }
-}
-
 impl<S: 'static> PinnedWorker<S> {
-    /// Starts a worker with the defaults; see [`Builder::spawn`].
-    ///
-    /// # Errors
-    /// As [`Builder::spawn`].
-    pub fn spawn<E, F>(init: F) -> Result<Self, SpawnError<E>>
-    where
-        E: std::fmt::Display + Send + 'static,
-        F: FnMut() -> Result<S, E> + Send + 'static,
-    {
-        Builder::default().spawn(init)
-    }
-
     /// The error a new job would get now, if any (closed, stopped, broken).
     pub(crate) fn refuses(&self) -> Result<(), Error> {
         // ORDERING: SeqCst, as in `enter`; see `Owner::taking` for posts.
@@ -359,70 +324,6 @@ impl<S: 'static> PinnedWorker<S> {
         outcome
     }
 
-    /// The largest result this worker's jobs may return by value (see
-    /// [`MAX_RESULT`](Self::MAX_RESULT)).
-    fn result_limit(&self) -> usize {
-        self.shared.config.stack_size.unwrap_or(DEFAULT_OWNER_STACK) / 8
-    }
-
-    /// Refuses a job whose closure (its captures) or result is too large
-    /// for the owner's stack, rather than letting it overflow the stack and
-    /// abort the process. `F` is what the owner calls, `R` what it makes
-    /// there (a result, or a value to bind).
-    #[inline]
-    pub(crate) fn check_sizes<F, R>(&self) -> Result<(), Error> {
-        let (job, result) = (std::mem::size_of::<F>(), std::mem::size_of::<R>());
-        if job <= BOX_PAST && result <= BOX_PAST {
-            return Ok(()); // the common case, decided at compile time
-        }
-        let limit = self.result_limit();
-        if result > limit {
-            return Err(Error::ResultTooLarge { size: result, limit });
-        }
-        let limit = limit / 4;
-        if job > limit {
-            return Err(Error::JobTooLarge { size: job, limit });
-        }
-        Ok(())
-    }
-
-    /// The largest job result taken by value with the default owner stack
-    /// (1 MiB); with [`Builder::stack_size`] the limit is an eighth of the
-    /// stack. Results past 1 KiB travel boxed, but the job's closure still
-    /// returns its result on the owner's stack and a debug build copies it
-    /// a few times there; a larger one fails with [`Error::ResultTooLarge`]
-    /// before anything runs, instead of overflowing the stack. Return a
-    /// `Box` or a `Vec` for bigger data. The caller's own stack receives
-    /// the result too (a thread spawned by std has 2 MiB by default).
-    ///
-    /// ```
-    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
-    /// use pinned_ffi::{Error, PinnedWorker};
-    /// let big = w.submit(|_| [1u8; PinnedWorker::<()>::MAX_RESULT])?.wait()?;
-    /// assert_eq!(big.len(), 1 << 20);
-    /// let too_big = w.submit(|_| [1u8; PinnedWorker::<()>::MAX_RESULT + 1]).err();
-    /// assert!(matches!(too_big, Some(Error::ResultTooLarge { .. })));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub const MAX_RESULT: usize = DEFAULT_OWNER_STACK / 8;
-
-    /// The largest closure a job may have with the default owner stack
-    /// (256 KiB of captures; with [`Builder::stack_size`], a thirty-second
-    /// of the stack): the owner moves the closure a few times on its stack
-    /// before it runs (more in debug builds). A larger one fails with
-    /// [`Error::JobTooLarge`] before anything runs; capture a `Box` or a
-    /// `Vec` (or a reference, with [`run`](Self::run)) instead.
-    ///
-    /// ```
-    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
-    /// use pinned_ffi::{Error, PinnedWorker};
-    /// let big = [7u8; PinnedWorker::<()>::MAX_JOB + 1];
-    /// assert!(matches!(w.run(move |_| big[0]), Err(Error::JobTooLarge { .. })));
-    /// assert_eq!(w.run(|_| big[0])?, 7); // borrowed, not captured: fine
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub const MAX_JOB: usize = DEFAULT_OWNER_STACK / 32;
-
     /// Queues `f` and returns a [`Ticket`] for its result; blocks while the
     /// queue is full.
     ///
@@ -559,50 +460,6 @@ impl<S: 'static> PinnedWorker<S> {
         }
     }
 
-    /// Stops intake, runs every job already accepted, drops the state on the
-    /// owner thread and joins it. Idempotent; later calls return at once.
-    /// Called by `Drop`.
-    ///
-    /// Where waiting could never end (called from a job of this worker, or
-    /// from a job of a worker that this one's owner waits on), it stops
-    /// intake and returns without waiting: the owner runs what was
-    /// accepted, then exits on its own.
-    ///
-    /// ```
-    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
-    /// let t = w.submit(|n| *n + 1)?;
-    /// w.close(); // runs the queued job first
-    /// assert_eq!(t.wait()?, 1);
-    /// assert_eq!(w.run(|n| *n), Err(pinned_ffi::Error::Closed));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn close(&self) {
-        self.close_inner(None);
-    }
-
-    /// Like [`close`](Self::close), but gives up on jobs still queued after
-    /// `timeout`: they never run and their callers get [`Error::Shutdown`].
-    /// A job already running is waited for (it cannot be interrupted).
-    /// Returns how many accepted jobs were shut down that way. Where it
-    /// cannot wait it behaves as [`close`](Self::close) does and returns 0.
-    ///
-    /// ```
-    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
-    /// use std::time::Duration;
-    /// let shut_down = w.close_timeout(Duration::from_secs(1));
-    /// assert_eq!(shut_down, 0); // nothing was queued
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn close_timeout(&self, timeout: Duration) -> u64 {
-        let before = self.shared.counters.rejected.load(Ordering::Relaxed);
-        self.close_inner(Instant::now().checked_add(timeout));
-        self.shared.counters.rejected.load(Ordering::Relaxed) - before
-    }
-
-    pub(crate) fn close_inner(&self, deadline: Option<Instant>) {
-        close_from_here(&self.shared, &self.tx, deadline);
-    }
-
     /// This worker's id (unique in the process), as the deadlock detector
     /// knows it.
     pub(crate) fn id(&self) -> u64 {
@@ -673,74 +530,5 @@ impl<S: 'static> PinnedWorker<S> {
     pub fn metrics(&self) -> MetricsSnapshot {
         let s = &self.shared;
         MetricsSnapshot::read(&s.name, &s.counters, self.tx.len(), &s.queue_wait, &s.run_time)
-    }
-}
-
-impl<S> Drop for PinnedWorker<S> {
-    fn drop(&mut self) {
-        close_from_here(&self.shared, &self.tx, None);
-    }
-}
-
-/// `close` and `Drop`: waits for the owner unless waiting could never end.
-fn close_from_here<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Option<Instant>) {
-    match waits::begin(shared.id) {
-        // Recorded while it waits: a job of this worker that waits on the
-        // caller's worker meanwhile is refused, not left hanging.
-        Ok(_waiting) => close_shared(shared, tx, deadline),
-        Err(_) => close_without_waiting(shared, tx),
-    }
-}
-
-/// A close that cannot wait (called from the worker's own owner thread, or
-/// from an owner this worker's owner waits on): stops intake and returns.
-/// The owner runs what was accepted, sees the worker closed when it has
-/// nothing left, and exits on its own.
-fn close_without_waiting<S>(shared: &Shared, tx: &Sender<Msg<S>>) {
-    // ORDERING: as in `close_shared`.
-    shared.closed.store(true, Ordering::SeqCst);
-    crate::sync::channel_send();
-    let _ = tx.try_send(Msg::Stop); // a full queue: the owner sees `closed`
-    shared.bell.ring_after_send();
-}
-
-/// Stops intake, lets the owner finish (or, past `deadline`, shut down)
-/// what was accepted, waits for it to exit and joins its thread(s).
-pub(crate) fn close_shared<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Option<Instant>) {
-    let abort = || shared.aborting.store(true, Ordering::Release); // ORDERING: read by the owner before each job
-                                                                   // ORDERING: see `enqueue`.
-    shared.closed.store(true, Ordering::SeqCst);
-    crate::sync::seqcst_handshake();
-    while shared.inflight.load(Ordering::SeqCst) != 0 {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            abort();
-        }
-        crate::sync::yield_now();
-    }
-    // A worker that already stopped has no receiver: nothing to send.
-    crate::sync::channel_send();
-    let _ = match deadline {
-        None => tx.send(Msg::Stop),
-        Some(d) => tx.send_deadline(Msg::Stop, d).or_else(|e| match e {
-            channel::SendTimeoutError::Timeout(m) => {
-                abort();
-                tx.send(m)
-            }
-            channel::SendTimeoutError::Disconnected(m) => Err(channel::SendError(m)),
-        }),
-    };
-    shared.bell.ring_after_send();
-    if !shared.wait_exited(deadline) {
-        abort();
-        shared.wait_exited(None);
-    }
-    let handles: Vec<_> = shared
-        .threads
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain(..)
-        .collect();
-    for h in handles {
-        let _ = h.join();
     }
 }
