@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use pinned_ffi::{Config, Context, PanicPolicy, PinnedWorker, Pool, Stats};
+use affine::{Config, Context, Stats};
+
+use pinned_ffi::{PanicPolicy, PinnedWorker, Pool};
 
 fn main() {
     let before = Stats::now();

@@ -4,11 +4,11 @@
 # when the result differs from the committed file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out_dir=$(cargo build -q -p ffi-sys --features buildtime-bindgen --message-format=json \
+out_dir=$(cargo build -q -p affine-sys --features buildtime-bindgen --message-format=json \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "build-script-executed" and m["package_id"].find("ffi-sys") >= 0:
+    if m.get("reason") == "build-script-executed" and m["package_id"].find("affine-sys") >= 0:
         print(m["out_dir"])')
 if [ -z "$out_dir" ] || [ ! -f "$out_dir/bindings.rs" ]; then
   echo "regen-bindings: bindgen produced no bindings.rs" >&2

@@ -5,3 +5,8 @@
 pub mod report;
 pub mod scenarios;
 pub mod strategies;
+
+/// The workspace README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

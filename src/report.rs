@@ -67,7 +67,8 @@ pub struct LatencyRow {
 /// idle owners are added beyond the core count: how much a busy single
 /// owner makes callers wait, and whether parked owners cost anything.
 pub fn queue_latency(calls_per_caller: u64) -> Vec<LatencyRow> {
-    use pinned_ffi::{Config, Context, PinnedWorker};
+    use affine::{Config, Context};
+    use pinned_ffi::PinnedWorker;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
     let cases = [1, 4, 16, 64]

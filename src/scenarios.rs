@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pinned_ffi::{Config, Context, Model, PinnedWorker, Stats, MAX_INPUT};
+use affine::{Config, Context, Model, Stats, MAX_INPUT};
+
+use pinned_ffi::PinnedWorker;
 
 /// One scenario's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +67,7 @@ fn bind_here_and_strand(seed: u64) {
 
 /// Input `i` of a caller's sequence: valid, varied, deterministic.
 pub fn input(caller: u64, i: u64) -> u64 {
-    pinned_ffi::mix64(caller.wrapping_mul(1_000_003).wrapping_add(i)) & MAX_INPUT
+    affine::mix64(caller.wrapping_mul(1_000_003).wrapping_add(i)) & MAX_INPUT
 }
 
 /// One raw `aff_op` on whatever context is current on the calling thread:

@@ -12,7 +12,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pinned_ffi::{AffError, Config, Context, Model, PinnedWorker, Pool, Stats};
+use affine::{AffError, Config, Context, Model, Stats};
+
+use pinned_ffi::{PinnedWorker, Pool};
 
 use crate::scenarios::input;
 

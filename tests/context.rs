@@ -3,7 +3,7 @@
 
 use std::ops::ControlFlow;
 
-use pinned_ffi::{AffError, Config, Context, ErrorCode, Model, Stats, MAX_INPUT};
+use affine::{AffError, Config, Context, ErrorCode, Model, Stats, MAX_INPUT};
 
 fn ctx(seed: u64) -> Context {
     Context::new(&Config::with_seed(seed)).expect("context")

@@ -8,7 +8,7 @@ use std::ffi::CStr;
 use std::sync::mpsc;
 use std::thread;
 
-use pinned_ffi::{Config, Context, Model, MAX_INPUT};
+use affine::{Config, Context, Model, MAX_INPUT};
 use pinned_ffi_demo::scenarios::{self, raw_op, score};
 
 fn last_message() -> String {

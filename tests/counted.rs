@@ -4,7 +4,9 @@
 
 use std::sync::Mutex;
 
-use pinned_ffi::{Config, Context, PinnedWorker, Pool, Stats};
+use affine::{Config, Context, Stats};
+
+use pinned_ffi::{PinnedWorker, Pool};
 use pinned_ffi_demo::strategies::Strategy;
 
 static TURN: Mutex<()> = Mutex::new(());

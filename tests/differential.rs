@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use pinned_ffi::{Config, Context, ErrorCode, Model, PinnedWorker, Pool, MAX_INPUT};
+use affine::{Config, Context, ErrorCode, Model, MAX_INPUT};
+
+use pinned_ffi::{PinnedWorker, Pool};
 use proptest::prelude::*;
 
 /// One step of a caller's sequence.

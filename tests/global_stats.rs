@@ -1,7 +1,7 @@
 //! The C library's process-wide counters. Alone in this binary so no other
 //! test moves them.
 
-use pinned_ffi::{Config, Context, Stats};
+use affine::{Config, Context, Stats};
 
 #[test]
 fn counters_count_what_happened() {

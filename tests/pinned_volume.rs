@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pinned_ffi::{Config, Context, Dispatch, Pool, MAX_INPUT};
+use affine::{Config, Context, MAX_INPUT};
+
+use pinned_ffi::{Dispatch, Pool};
 use pinned_ffi_demo::scenarios::{score, sequence};
 
 const CALLERS: u64 = 16;

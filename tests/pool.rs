@@ -4,7 +4,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread;
 
-use pinned_ffi::{Config, Context, Dispatch, Model, Pool};
+use affine::{Config, Context, Model};
+
+use pinned_ffi::{Dispatch, Pool};
 
 fn ctx_pool(n: usize, dispatch: Dispatch) -> Pool<Context> {
     Pool::builder(n)

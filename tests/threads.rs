@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::thread;
 
-use pinned_ffi::{threads, Config, Context, PinnedWorker, Pool, SpawnError};
+use affine::{Config, Context};
+
+use pinned_ffi::{threads, PinnedWorker, Pool, SpawnError};
 
 #[test]
 fn pools_and_workers_cost_exactly_their_owner_threads() {

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pinned_ffi::{Alarm, Config, Context, PinnedWorker, Pool, ThreadWatch, WatchConfig};
+use affine::{Config, Context};
+
+use pinned_ffi::{Alarm, PinnedWorker, Pool, ThreadWatch, WatchConfig};
 
 fn config() -> WatchConfig {
     WatchConfig {

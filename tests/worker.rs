@@ -6,9 +6,9 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pinned_ffi::{
-    threads, Breaker, Config, Context, Error, Model, PanicPolicy, PinnedWorker, SpawnError, TrySubmitError,
-};
+use affine::{Config, Context, Model};
+
+use pinned_ffi::{threads, Breaker, Error, PanicPolicy, PinnedWorker, SpawnError, TrySubmitError};
 
 type Never = std::convert::Infallible;
 

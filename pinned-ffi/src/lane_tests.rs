@@ -26,7 +26,7 @@ fn the_hot_part_of_a_lane_shares_the_mailbox_sequence_numbers_cache_line() {
 
 #[test]
 fn what_fits_inline() {
-    assert!(fits::<&u64, Result<u64, crate::AffError>>());
+    assert!(fits::<&u64, Result<u64, crate::Error>>());
     assert!(fits::<[u64; 5], ()>());
     assert!(!fits::<[u64; 6], ()>());
     assert!(!fits::<(), [u8; 41]>());

@@ -1,39 +1,56 @@
-//! Use thread-affine C libraries safely and fast from multi-threaded and
-//! async Rust.
+//! Run thread-affine C libraries and SDKs safely, and fast, from
+//! multi-threaded and async Rust.
 //!
 //! Many C libraries and vendor SDKs keep state per OS thread: a "current"
-//! context, an errno-style last error. Called from a thread pool or from
-//! async tasks that hop threads, they silently read the wrong thread's
-//! state. The cure is the single-owner pattern: one dedicated OS thread owns
-//! the context and runs every call on it. This crate provides, in order:
+//! context (OpenGL/EGL, CUDA), an errno-style last error (OpenSSL's error
+//! queue, glibc), a per-thread locale or namespace. Called from a thread
+//! pool or from async tasks that hop threads, they silently read the wrong
+//! thread's state. The cure is the single-owner pattern: one dedicated OS
+//! thread owns the context and runs every call on it. This crate is that
+//! owner, for any state `S`, `Send` or not:
 //!
-//! 1. [`Context`]: a `!Send` safe wrapper over one context of the bundled
-//!    thread-affine C library, with errors read on the failing thread;
-//!    [`Model`] predicts its every output.
-//! 2. [`PinnedWorker<S>`]: one owner thread for any state `S`, with blocking
+//! 1. [`PinnedWorker<S>`]: one owner thread, with blocking
 //!    [`run`](PinnedWorker::run) (borrows allowed), [`submit`](PinnedWorker::submit)
-//!    → [`Ticket`] (also a `Future`), a bounded queue, cancellation, panic
-//!    policies with a circuit breaker, owner-bound values and metrics.
-//! 3. [`Pool<S>`]: N owners with least-loaded, round-robin and keyed
+//!    → [`Ticket`] (also a `Future`, any runtime), a bounded queue,
+//!    cancellation, panic policies with a circuit breaker, owner-bound
+//!    values ([`Bound`]), deadlock detection and metrics.
+//! 2. [`Pool<S>`]: N owners with least-loaded, round-robin and keyed
 //!    dispatch.
+//! 3. Operations: [`threads`], [`placement`], [`ThreadWatch`] (the
+//!    accidental-pinning detector), optional `tracing` spans and `metrics`
+//!    export.
 //!
 //! ```
-//! use pinned_ffi::{Config, Context, Model, PinnedWorker};
+//! use std::cell::RefCell;
+//! use pinned_ffi::PinnedWorker;
 //!
-//! let worker = PinnedWorker::spawn(|| Context::new(&Config::with_seed(9)))?;
-//! let mut model = Model::new(9);
+//! // Stands for an SDK's context: state that must stay on one thread.
+//! thread_local!(static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) });
+//! struct Sdk { calls: u64 }
+//! impl Sdk {
+//!     fn call(&mut self, x: u64) -> Result<u64, String> {
+//!         self.calls += 1;
+//!         if x == 0 {
+//!             LAST_ERROR.with(|e| *e.borrow_mut() = Some("zero".into()));
+//!             return Err(LAST_ERROR.with(|e| e.borrow().clone().unwrap())); // read on the same thread
+//!         }
+//!         Ok(x * 2)
+//!     }
+//! }
+//!
+//! let worker = PinnedWorker::spawn(|| Ok::<_, std::io::Error>(Sdk { calls: 0 }))?;
 //! std::thread::scope(|s| {
-//!     // Any thread may submit; every call runs on the owner thread.
-//!     s.spawn(|| worker.run(|ctx| ctx.op(5)).unwrap().unwrap());
+//!     // Any thread may call; every call runs on the owner thread.
+//!     s.spawn(|| assert_eq!(worker.run(|sdk| sdk.call(21)).unwrap(), Ok(42)));
 //! });
-//! assert_eq!(worker.run(|ctx| ctx.op(6))??, { model.op(5); model.op(6).unwrap() });
+//! assert_eq!(worker.run(|sdk| sdk.call(0))?, Err("zero".to_string()));
+//! assert_eq!(worker.run(|sdk| sdk.calls)?, 2);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod bound;
 mod close;
 mod config;
-mod context;
 mod doorbell;
 mod error;
 mod job;
@@ -42,7 +59,6 @@ mod lane;
 mod limits;
 mod mailbox;
 mod metrics;
-mod model;
 mod owner;
 pub mod placement;
 mod pool;
@@ -59,17 +75,15 @@ mod worker;
 
 pub use bound::Bound;
 pub use config::{Breaker, Builder, PanicPolicy};
-pub use context::{BatchError, Config, Context, Stats, MAX_INPUT};
-pub use error::{AffError, Error, ErrorCode, SpawnError, TrySubmitError};
+pub use error::{Error, SpawnError, TrySubmitError};
 pub use labels::with_label;
 pub use metrics::{MetricsSnapshot, Summary};
-pub use model::{mix64, Model};
 pub use pool::{Dispatch, Pool, PoolBuilder};
 pub use slot::Ticket;
 pub use watch::{Alarm, ThreadWatch, WatchConfig};
 pub use worker::{owners_started, PinnedWorker, TIMED_ONE_JOB_IN};
 
-/// The README's example, compiled and run as a doctest.
+/// The crate README's example, compiled and run as a doctest.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

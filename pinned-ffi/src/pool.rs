@@ -38,12 +38,13 @@ pub enum Dispatch {
 /// Configures and starts a [`Pool`].
 ///
 /// ```
-/// use pinned_ffi::{Config, Context, Dispatch, Pool, PinnedWorker};
+/// use pinned_ffi::{Dispatch, Pool, PinnedWorker};
+/// // One state per worker: here a `!Send` counter standing for a context.
 /// let pool = Pool::builder(2)
 ///     .name("ctx")
 ///     .dispatch(Dispatch::LeastLoaded)
 ///     .worker(PinnedWorker::builder().capacity(64))
-///     .spawn(|i| Context::new(&Config::with_seed(i as u64 + 1)))?;
+///     .spawn(|i| Ok::<_, std::io::Error>(std::rc::Rc::new(std::cell::Cell::new(i))))?;
 /// assert_eq!(pool.len(), 2);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -134,12 +135,12 @@ impl PoolBuilder {
 /// N pinned workers, each owning its own `S`.
 ///
 /// ```
-/// use pinned_ffi::{Config, Context, Pool};
-/// let pool = Pool::builder(2).spawn(|i| Context::new(&Config::with_seed(i as u64 + 1)))?;
-/// let a = pool.run_keyed(&"tenant-a", |ctx| ctx.op(1))??; // same key, same context
-/// let all = pool.broadcast(|ctx| ctx.calls().unwrap());
+/// use pinned_ffi::Pool;
+/// // Each worker owns its own call counter (a `!Send` stand-in for a context).
+/// let pool = Pool::builder(2).spawn(|_| Ok::<_, std::io::Error>(std::rc::Rc::new(std::cell::Cell::new(0u64))))?;
+/// pool.run_keyed(&"tenant-a", |calls| calls.set(calls.get() + 1))?; // same key, same worker
+/// let all = pool.broadcast(|calls| calls.get());
 /// assert_eq!(all.iter().map(|r| *r.as_ref().unwrap()).sum::<u64>(), 1);
-/// # let _ = a;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]

@@ -71,11 +71,12 @@ pub(crate) enum Refused {
 /// (see [`close`](Self::close)).
 ///
 /// ```
-/// use pinned_ffi::{Config, Context, PinnedWorker};
-/// // The context is created on the owner thread and never leaves it.
-/// let worker = PinnedWorker::spawn(|| Context::new(&Config::with_seed(3)))?;
-/// let out = worker.run(|ctx| ctx.op(1))??;
-/// assert_eq!(Some(out), pinned_ffi::Model::new(3).op(1));
+/// use pinned_ffi::PinnedWorker;
+/// // The state is created on the owner thread and never leaves it (an
+/// // `Rc` is `!Send`, as an SDK context usually is).
+/// let worker = PinnedWorker::spawn(|| Ok::<_, std::io::Error>(std::rc::Rc::new(vec![1u8, 2, 3])))?;
+/// let sum = worker.run(|v| v.iter().map(|b| u32::from(*b)).sum::<u32>())?;
+/// assert_eq!(sum, 6);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct PinnedWorker<S> {

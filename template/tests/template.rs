@@ -2,7 +2,9 @@
 
 use std::thread;
 
-use pinned_ffi::{Error, Model};
+use affine::Model;
+
+use pinned_ffi::Error;
 use pinned_ffi_template::{Devices, SdkError, Session, SessionConfig};
 
 #[test]

@@ -2,7 +2,7 @@
 //! library. It cannot leave the thread that created it (`!Send + !Sync`),
 //! reads every error on that thread right after the failing call, and
 //! destroys the context on drop. Use it directly on one thread, or own it
-//! in a [`PinnedWorker`](crate::PinnedWorker) and reach it from anywhere.
+//! in a `pinned_ffi::PinnedWorker` and reach it from anywhere.
 
 use std::ffi::CStr;
 use std::marker::PhantomData;
@@ -39,8 +39,8 @@ impl Config {
     /// A default configuration with this seed.
     ///
     /// ```
-    /// let c = pinned_ffi::Config::with_seed(5);
-    /// assert_eq!((c.seed, c.init_work), (5, pinned_ffi::Config::default().init_work));
+    /// let c = affine::Config::with_seed(5);
+    /// assert_eq!((c.seed, c.init_work), (5, affine::Config::default().init_work));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn with_seed(seed: u64) -> Self {
@@ -78,25 +78,25 @@ pub(crate) fn cvt(rc: c_int) -> Result<(), AffError> {
 /// share it across threads, which is exactly the C library's rule.
 ///
 /// ```compile_fail
-/// let ctx = pinned_ffi::Context::new(&pinned_ffi::Config::default()).unwrap();
+/// let ctx = affine::Context::new(&affine::Config::default()).unwrap();
 /// std::thread::spawn(move || drop(ctx)); // error: `*const ()` cannot be sent between threads
 /// ```
 ///
 /// ```compile_fail
 /// fn shared<T: Sync>(_: &T) {}
-/// let ctx = pinned_ffi::Context::new(&pinned_ffi::Config::default()).unwrap();
+/// let ctx = affine::Context::new(&affine::Config::default()).unwrap();
 /// shared(&ctx); // error: `*const ()` cannot be shared between threads
 /// ```
 ///
 /// # Example
 /// ```
-/// use pinned_ffi::{Config, Context, Model};
+/// use affine::{Config, Context, Model};
 ///
 /// let mut ctx = Context::new(&Config::with_seed(7))?;
 /// let mut model = Model::new(7);
 /// assert_eq!(ctx.op(42)?, model.op(42).unwrap());
 /// assert_eq!(ctx.calls()?, 1);
-/// # Ok::<(), pinned_ffi::AffError>(())
+/// # Ok::<(), affine::AffError>(())
 /// ```
 #[derive(Debug)]
 pub struct Context {
@@ -147,9 +147,9 @@ impl Context {
     /// nothing is changed.
     ///
     /// ```
-    /// let (mut a, mut b) = (pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?, pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(2))?);
+    /// let (mut a, mut b) = (affine::Context::new(&affine::Config::with_seed(1))?, affine::Context::new(&affine::Config::with_seed(2))?);
     /// b.make_current()?; // b was already current; a's calls re-bind a first
-    /// assert_eq!(a.op(1)?, pinned_ffi::Model::new(1).op(1).unwrap());
+    /// assert_eq!(a.op(1)?, affine::Model::new(1).op(1).unwrap());
     /// # let _ = b.op(1)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -187,7 +187,7 @@ impl Context {
     /// If `out` is shorter than `inputs`.
     ///
     /// ```
-    /// let mut ctx = pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?;
+    /// let mut ctx = affine::Context::new(&affine::Config::with_seed(1))?;
     /// let mut out = [0; 3];
     /// ctx.op_batch(&[1, 2, 3], &mut out)?;
     /// let err = ctx.op_batch(&[4, u64::MAX], &mut out).unwrap_err();
@@ -211,7 +211,7 @@ impl Context {
     /// None in practice: `Context` stays on its owner thread.
     ///
     /// ```
-    /// let mut ctx = pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?;
+    /// let mut ctx = affine::Context::new(&affine::Config::with_seed(1))?;
     /// ctx.op(1)?;
     /// assert_eq!(ctx.calls()?, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -244,7 +244,7 @@ impl Context {
     ///
     /// ```
     /// use std::ops::ControlFlow;
-    /// use pinned_ffi::{Config, Context, ErrorCode};
+    /// use affine::{Config, Context, ErrorCode};
     /// let mut other = Context::new(&Config::with_seed(2))?;
     /// let mut ctx = Context::new(&Config::with_seed(1))?;
     /// ctx.visit(1, |_, _| {
@@ -262,10 +262,10 @@ impl Context {
     ///
     /// ```
     /// use std::ops::ControlFlow;
-    /// let mut ctx = pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?;
+    /// let mut ctx = affine::Context::new(&affine::Config::with_seed(1))?;
     /// let mut seen = 0;
     /// let r = ctx.visit(10, |i, _v| { seen += 1; if i == 4 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) } });
-    /// assert_eq!(r.unwrap_err().code, pinned_ffi::ErrorCode::Callback);
+    /// assert_eq!(r.unwrap_err().code, affine::ErrorCode::Callback);
     /// assert_eq!(seen, 5);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -319,12 +319,12 @@ impl Context {
     /// thread you make it current on before this `Context` is dropped.
     ///
     /// ```
-    /// let ctx = pinned_ffi::Context::new(&pinned_ffi::Config::default())?;
+    /// let ctx = affine::Context::new(&affine::Config::default())?;
     /// let mut calls = 0;
     /// // SAFETY: a live context, queried on its owner thread.
     /// let rc = unsafe { ffi::aff_ctx_info(ctx.as_ptr(), &mut calls) };
     /// assert_eq!((rc, calls), (0, 0));
-    /// # Ok::<(), pinned_ffi::AffError>(())
+    /// # Ok::<(), affine::AffError>(())
     /// ```
     pub fn as_ptr(&self) -> *mut ffi::aff_ctx {
         self.raw.as_ptr()
@@ -389,9 +389,9 @@ impl Stats {
     /// Reads the counters now.
     ///
     /// ```
-    /// let before = pinned_ffi::Stats::now();
-    /// let ctx = pinned_ffi::Context::new(&pinned_ffi::Config::default()).unwrap();
-    /// assert!(pinned_ffi::Stats::now().created > before.created);
+    /// let before = affine::Stats::now();
+    /// let ctx = affine::Context::new(&affine::Config::default()).unwrap();
+    /// assert!(affine::Stats::now().created > before.created);
     /// # drop(ctx);
     /// ```
     pub fn now() -> Stats {
@@ -420,10 +420,10 @@ impl Stats {
     /// Counter-wise difference `self - earlier`.
     ///
     /// ```
-    /// let before = pinned_ffi::Stats::now();
-    /// let mut ctx = pinned_ffi::Context::new(&pinned_ffi::Config::with_seed(1))?;
+    /// let before = affine::Stats::now();
+    /// let mut ctx = affine::Context::new(&affine::Config::with_seed(1))?;
     /// ctx.op(1)?;
-    /// assert!(pinned_ffi::Stats::now().since(&before).calls >= 1);
+    /// assert!(affine::Stats::now().since(&before).calls >= 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn since(&self, earlier: &Stats) -> Stats {

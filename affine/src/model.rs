@@ -6,7 +6,7 @@ use crate::context::MAX_INPUT;
 /// The state mixer (splitmix64's finaliser), bit-for-bit the C `aff_mix64`.
 ///
 /// ```
-/// assert_eq!(pinned_ffi::mix64(0), 0xE220_A839_7B1D_CDAF); // splitmix64's first output
+/// assert_eq!(affine::mix64(0), 0xE220_A839_7B1D_CDAF); // splitmix64's first output
 /// ```
 pub const fn mix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -21,7 +21,7 @@ pub const fn mix64(mut x: u64) -> u64 {
 /// input (`> MAX_INPUT`) fails and leaves the state alone.
 ///
 /// ```
-/// use pinned_ffi::Model;
+/// use affine::Model;
 /// let mut m = Model::new(1);
 /// let a = m.op(5).unwrap();
 /// assert_ne!(m.op(5).unwrap(), a); // every call advances the state
