@@ -13,14 +13,13 @@ use affine::{Config, Context};
 use pinned_ffi::{Alarm, PinnedWorker, Pool, ThreadWatch, WatchConfig};
 
 fn config() -> WatchConfig {
-    WatchConfig {
-        interval: Duration::from_millis(20),
-        learn: 5,
-        over_ratio: 0.5,
-        min_extra: 4,
-        sustain: Duration::from_millis(200),
-        max_owner_starts_per_sec: 20.0,
-    }
+    WatchConfig::default()
+        .interval(Duration::from_millis(20))
+        .learn(5)
+        .over_ratio(0.5)
+        .min_extra(4)
+        .sustain(Duration::from_millis(200))
+        .max_owner_starts_per_sec(20.0)
 }
 
 fn watch() -> (ThreadWatch, Arc<Mutex<Vec<Alarm>>>) {

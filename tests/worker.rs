@@ -404,11 +404,7 @@ fn stop_policy_stops_the_worker() {
 fn the_breaker_trips_fails_fast_and_recovers() {
     let cooldown = Duration::from_millis(200);
     let w = PinnedWorker::builder()
-        .breaker(Some(Breaker {
-            max_panics: 3,
-            window: Duration::from_secs(10),
-            cooldown,
-        }))
+        .breaker(Some(Breaker::new(3, Duration::from_secs(10), cooldown)))
         .spawn(|| Ok::<_, Never>(threads::current_tid()))
         .unwrap();
     let tid0 = w.run(|t| *t).unwrap();

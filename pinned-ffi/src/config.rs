@@ -7,6 +7,7 @@ use std::time::Duration;
 /// What the owner does after a job panics. The panicking job's caller always
 /// gets [`Error::Panicked`](crate::Error::Panicked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum PanicPolicy {
     /// Keep the state and go on (the default).
     #[default]
@@ -23,6 +24,7 @@ pub enum PanicPolicy {
 /// re-initialised on a fresh owner thread, and the breaker closes once that
 /// succeeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Breaker {
     /// Panics that trip it.
     pub max_panics: u32,
@@ -30,6 +32,25 @@ pub struct Breaker {
     pub window: Duration,
     /// How long it stays open before a re-init is tried.
     pub cooldown: Duration,
+}
+
+impl Breaker {
+    /// A breaker that trips after `max_panics` panics within `window` and
+    /// stays open for `cooldown`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = pinned_ffi::Breaker::new(3, Duration::from_secs(1), Duration::from_millis(100));
+    /// assert_eq!(b.max_panics, 3);
+    /// ```
+    #[must_use]
+    pub const fn new(max_panics: u32, window: Duration, cooldown: Duration) -> Self {
+        Breaker {
+            max_panics,
+            window,
+            cooldown,
+        }
+    }
 }
 
 impl Default for Breaker {
@@ -91,6 +112,7 @@ impl Default for Builder {
 impl Builder {
     /// The owner thread's name (default `pinned-<id>`; a pool names its
     /// workers `<pool>-<index>`). Linux shows the first 15 bytes.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -105,6 +127,7 @@ impl Builder {
     /// w.run(|_| ())?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[must_use = "a builder method returns the changed builder"]
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = Some(bytes.max(Self::MIN_STACK));
         self
@@ -115,11 +138,13 @@ impl Builder {
     pub const MIN_STACK: usize = 64 << 10;
     /// Queue capacity (default 1024, at least 1): `submit` blocks and
     /// `try_submit` gives the job back when this many are waiting.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn capacity(mut self, jobs: usize) -> Self {
         self.capacity = jobs.max(1);
         self
     }
     /// What to do after a job panics (default [`PanicPolicy::Keep`]).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn panic_policy(mut self, policy: PanicPolicy) -> Self {
         self.panic_policy = policy;
         self
@@ -130,11 +155,12 @@ impl Builder {
     /// ```
     /// use std::time::Duration;
     /// use pinned_ffi::{Breaker, PinnedWorker};
-    /// let b = Breaker { max_panics: 3, window: Duration::from_secs(1), cooldown: Duration::from_millis(100) };
+    /// let b = Breaker::new(3, Duration::from_secs(1), Duration::from_millis(100));
     /// let w = PinnedWorker::builder().breaker(Some(b)).spawn(|| Ok::<_, std::io::Error>(()))?;
     /// # drop(w);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[must_use = "a builder method returns the changed builder"]
     pub fn breaker(mut self, breaker: Option<Breaker>) -> Self {
         self.breaker = breaker;
         self
@@ -146,6 +172,7 @@ impl Builder {
     /// assert_eq!(w.run(|_| pinned_ffi::threads::current_affinity())??, vec![0]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[must_use = "a builder method returns the changed builder"]
     pub fn cpus(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
         self.cpus = Some(cpus.into_iter().collect());
         self
@@ -158,6 +185,7 @@ impl Builder {
     /// [`Ticket`](crate::Ticket) spins at most [`Ticket::POLL_SPIN`](crate::Ticket::POLL_SPIN) of it.
     ///
     /// Windows longer than [`Builder::MAX_SPIN`] are clamped to it.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin.min(Self::MAX_SPIN);
         self
@@ -166,6 +194,7 @@ impl Builder {
     /// (default 50 µs). After that an idle worker costs no CPU.
     ///
     /// Windows longer than [`Builder::MAX_SPIN`] are clamped to it.
+    #[must_use = "a builder method returns the changed builder"]
     pub fn owner_spin(mut self, spin: Duration) -> Self {
         self.owner_spin = spin.min(Self::MAX_SPIN);
         self
@@ -193,6 +222,7 @@ impl Builder {
     /// assert_eq!(w.metrics().run_time.count, 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[must_use = "a builder method returns the changed builder"]
     pub fn timings(mut self, on: bool) -> Self {
         self.timings = on;
         self

@@ -18,8 +18,8 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::metrics::Padded;
 use crate::sync::{self, AtomicBool, Mutex, Thread};
+use crossbeam_utils::CachePadded;
 
 /// What the owner found on its last look before parking.
 pub(crate) enum Look<T> {
@@ -32,16 +32,16 @@ pub(crate) enum Look<T> {
 }
 
 pub(crate) struct Doorbell {
-    sleeping: Padded<AtomicBool>,
-    queued: Padded<AtomicBool>,
+    sleeping: CachePadded<AtomicBool>,
+    queued: CachePadded<AtomicBool>,
     owner: Mutex<Option<Thread>>,
 }
 
 impl Doorbell {
     pub(crate) fn new() -> Self {
         Doorbell {
-            sleeping: Padded(AtomicBool::new(false)),
-            queued: Padded(AtomicBool::new(false)),
+            sleeping: CachePadded::new(AtomicBool::new(false)),
+            queued: CachePadded::new(AtomicBool::new(false)),
             owner: Mutex::new(None),
         }
     }

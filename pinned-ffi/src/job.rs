@@ -260,11 +260,6 @@ impl<S, F, R, P: SlotHolder<R>> Drop for JobImpl<S, F, R, P> {
     }
 }
 
-/// Keeps a value on cache lines of its own (128 bytes: adjacent-line
-/// prefetch pairs lines on x86).
-#[repr(align(128))]
-pub(crate) struct CacheAligned<T>(pub(crate) T);
-
 /// A job on its caller's stack (from `run`), sent by pointer: no allocation.
 /// The caller waits until the job is completed, so the pointer stays valid
 /// while this exists; dropping it unrun rejects the job.

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Run thread-affine C libraries and SDKs safely, and fast, from
 //! multi-threaded and async Rust.
 //!

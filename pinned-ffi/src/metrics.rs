@@ -12,8 +12,8 @@ const BUCKETS: usize = 64 * SUB;
 
 /// A lock-free log-linear histogram of nanoseconds. Written by the owner
 /// thread only, read by anyone; all operations are relaxed. On cache lines
-/// of its own, so the owner's writes never evict what callers read.
-#[repr(align(128))]
+/// of its own (a `CachePadded` field of the worker), so the owner's writes
+/// never evict what callers read.
 pub(crate) struct Histogram {
     buckets: Box<[AtomicU64]>,
     count: AtomicU64,
@@ -90,6 +90,7 @@ impl Histogram {
 
 /// Quantiles of a latency histogram (each within 12.5% of the true value).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Summary {
     /// Samples recorded.
     pub count: u64,
@@ -107,24 +108,9 @@ impl fmt::Display for Summary {
     }
 }
 
-/// A value on cache lines of its own (128 bytes: x86 prefetches lines in
-/// pairs), so a field written by callers never shares a line with one the
-/// owner writes.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(crate) struct Padded<T>(pub(crate) T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
 /// The worker's live counters, all written by the owner thread alone (so
-/// callers never contend on them).
+/// callers never contend on them); a `CachePadded` field of the worker.
 #[derive(Default)]
-#[repr(align(128))]
 pub(crate) struct Counters {
     /// Jobs the owner has taken (from the queue or a mailbox).
     pub(crate) submitted: AtomicU64,
@@ -258,6 +244,7 @@ impl fmt::Display for MetricsSnapshot {
 /// Export through the `metrics` facade, so any exporter (Prometheus,
 /// StatsD, ...) sees the workers without this crate writing one.
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 impl MetricsSnapshot {
     /// Publishes this snapshot to the installed `metrics` recorder, every
     /// series labelled `worker=<name>`: the job counters as absolute

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// One NUMA node.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Node {
     /// The node number.
     pub id: usize,
@@ -17,6 +18,7 @@ pub struct Node {
 
 /// The NUMA nodes of a machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Topology {
     /// Nodes with at least one CPU, by id.
     pub nodes: Vec<Node>,
@@ -136,6 +138,7 @@ impl Topology {
 
 /// How a pool places its owner threads.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Placement {
     /// No pinning: the OS decides (the default).
     #[default]

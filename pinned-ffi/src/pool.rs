@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use crate::config::Builder;
 use crate::error::{Error, SpawnError};
-use crate::metrics::{MetricsSnapshot, Padded};
+use crossbeam_utils::CachePadded;
+
+use crate::metrics::MetricsSnapshot;
 use crate::placement::{Placement, Topology};
 use crate::slot::Ticket;
 use crate::waits;
@@ -19,6 +21,7 @@ use crate::worker::PinnedWorker;
 
 /// How [`Pool::run`] and [`Pool::submit`] pick a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Dispatch {
     /// Each worker in turn.
     RoundRobin,
@@ -65,16 +68,19 @@ impl PoolBuilder {
     /// assert_eq!(pool.worker(1).name(), "gpu-1");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[must_use = "a builder method returns the changed builder"]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
     /// The default dispatch for [`Pool::run`] and [`Pool::submit`].
+    #[must_use = "a builder method returns the changed builder"]
     pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
         self.dispatch = dispatch;
         self
     }
     /// Settings for every worker (its name is replaced by `<name>-<index>`).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn worker(mut self, builder: Builder) -> Self {
         self.worker = builder;
         self
@@ -91,6 +97,7 @@ impl PoolBuilder {
     /// assert!(cpus.iter().all(|c| c.as_ref().unwrap().len() == 1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[must_use = "a builder method returns the changed builder"]
     pub fn placement(mut self, placement: Placement) -> Self {
         self.placement = placement;
         self
@@ -122,7 +129,10 @@ impl PoolBuilder {
             }
             workers.push(b.spawn(move || init(i))?);
         }
-        let running = workers.iter().map(|_| Padded(AtomicUsize::new(0))).collect();
+        let running = workers
+            .iter()
+            .map(|_| CachePadded::new(AtomicUsize::new(0)))
+            .collect();
         Ok(Pool {
             workers,
             next: AtomicUsize::new(0),
@@ -143,13 +153,21 @@ impl PoolBuilder {
 /// assert_eq!(all.iter().map(|r| *r.as_ref().unwrap()).sum::<u64>(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 pub struct Pool<S> {
     workers: Vec<PinnedWorker<S>>,
     next: AtomicUsize,
     dispatch: Dispatch,
     /// Blocking calls in flight per worker (counted for `LeastLoaded`).
-    running: Box<[Padded<AtomicUsize>]>,
+    running: Box<[CachePadded<AtomicUsize>]>,
+}
+
+impl<S> std::fmt::Debug for Pool<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.workers)
+            .field("dispatch", &self.dispatch)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pool<()> {

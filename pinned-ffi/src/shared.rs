@@ -10,7 +10,9 @@ use crate::config::Builder;
 use crate::doorbell::Doorbell;
 use crate::error::Error;
 use crate::lane::Owner;
-use crate::metrics::{Counters, Histogram, Padded};
+use crossbeam_utils::CachePadded;
+
+use crate::metrics::{Counters, Histogram};
 
 /// The part of a worker shared by its handle and its owner thread(s).
 /// Worker ids: unique in the process, never reused.
@@ -35,7 +37,7 @@ pub(crate) struct Shared {
     /// the loom model of a close racing posts runs this code.
     pub(crate) closed: crate::sync::AtomicBool,
     /// Written by every caller: a cache line of its own.
-    pub(crate) inflight: Padded<crate::sync::AtomicUsize>,
+    pub(crate) inflight: CachePadded<crate::sync::AtomicUsize>,
     pub(crate) broken: AtomicBool,
     pub(crate) broken_until: AtomicU64,
     pub(crate) broken_reason: Mutex<String>,
@@ -43,9 +45,9 @@ pub(crate) struct Shared {
     pub(crate) aborting: AtomicBool,
     /// Why the owner thread died, if it did (see `owner::OwnerThread`).
     pub(crate) died: Mutex<Option<String>>,
-    pub(crate) counters: Counters,
-    pub(crate) queue_wait: Histogram,
-    pub(crate) run_time: Histogram,
+    pub(crate) counters: CachePadded<Counters>,
+    pub(crate) queue_wait: CachePadded<Histogram>,
+    pub(crate) run_time: CachePadded<Histogram>,
     /// Owner threads not yet joined: the current one and any it replaced.
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) exited: crate::sync::Mutex<bool>,
@@ -68,16 +70,16 @@ impl Shared {
             config,
             epoch: Instant::now(),
             closed: crate::sync::AtomicBool::new(false),
-            inflight: Padded(crate::sync::AtomicUsize::new(0)),
+            inflight: CachePadded::new(crate::sync::AtomicUsize::new(0)),
             broken: AtomicBool::new(false),
             broken_until: AtomicU64::new(0),
             broken_reason: Mutex::new(String::new()),
             stopped: AtomicBool::new(false),
             aborting: AtomicBool::new(false),
             died: Mutex::new(None),
-            counters: Counters::default(),
-            queue_wait: Histogram::new(),
-            run_time: Histogram::new(),
+            counters: CachePadded::new(Counters::default()),
+            queue_wait: CachePadded::new(Histogram::new()),
+            run_time: CachePadded::new(Histogram::new()),
             threads: Mutex::new(Vec::new()),
             exited: crate::sync::Mutex::new(false),
             exit_cv: crate::sync::Condvar::new(),

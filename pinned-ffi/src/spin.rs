@@ -93,7 +93,7 @@ pub(crate) fn spin_until_done(
         } else {
             sync::yield_now();
         }
-        if i % CLOCK_EVERY == 0 {
+        if i.is_multiple_of(CLOCK_EVERY) {
             let now = Instant::now();
             // A budget past the clock's range ends only at the deadline
             // (or when done): saturate rather than overflow, since a panic

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use crate::threads;
 use crate::worker::owners_started;
 
-/// When the watch raises an alarm.
+/// When the watch raises an alarm. Start from `WatchConfig::default()` and
+/// change what you need with the setters of the same names as the fields.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct WatchConfig {
     /// Time between samples.
     pub interval: Duration,
@@ -30,6 +32,51 @@ pub struct WatchConfig {
     pub sustain: Duration,
     /// Owner threads started per second that count as churn.
     pub max_owner_starts_per_sec: f64,
+}
+
+impl WatchConfig {
+    /// Sets [`interval`](Self::interval).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = pinned_ffi::WatchConfig::default().interval(Duration::from_millis(10)).learn(4);
+    /// assert_eq!((c.interval, c.learn), (Duration::from_millis(10), 4));
+    /// ```
+    #[must_use = "a setter returns the changed configuration"]
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+    /// Sets [`learn`](Self::learn).
+    #[must_use = "a setter returns the changed configuration"]
+    pub fn learn(mut self, samples: usize) -> Self {
+        self.learn = samples;
+        self
+    }
+    /// Sets [`over_ratio`](Self::over_ratio).
+    #[must_use = "a setter returns the changed configuration"]
+    pub fn over_ratio(mut self, ratio: f64) -> Self {
+        self.over_ratio = ratio;
+        self
+    }
+    /// Sets [`min_extra`](Self::min_extra).
+    #[must_use = "a setter returns the changed configuration"]
+    pub fn min_extra(mut self, threads: usize) -> Self {
+        self.min_extra = threads;
+        self
+    }
+    /// Sets [`sustain`](Self::sustain).
+    #[must_use = "a setter returns the changed configuration"]
+    pub fn sustain(mut self, sustain: Duration) -> Self {
+        self.sustain = sustain;
+        self
+    }
+    /// Sets [`max_owner_starts_per_sec`](Self::max_owner_starts_per_sec).
+    #[must_use = "a setter returns the changed configuration"]
+    pub fn max_owner_starts_per_sec(mut self, rate: f64) -> Self {
+        self.max_owner_starts_per_sec = rate;
+        self
+    }
 }
 
 impl Default for WatchConfig {
@@ -72,7 +119,7 @@ pub enum Alarm {
 /// ```
 /// use std::time::Duration;
 /// use pinned_ffi::{ThreadWatch, WatchConfig};
-/// let cfg = WatchConfig { interval: Duration::from_millis(10), ..WatchConfig::default() };
+/// let cfg = WatchConfig::default().interval(Duration::from_millis(10));
 /// let watch = ThreadWatch::start(cfg, |alarm| eprintln!("pinned-ffi: {alarm:?}"))?;
 /// // ... serve requests ...
 /// watch.stop();

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{self as channel, Sender};
+use crossbeam_utils::CachePadded;
 
 use crate::error::{Error, TrySubmitError};
 use crate::job::{
-    call_owner, call_state, call_state_boxed, BorrowedJob, CacheAligned, Job, JobImpl, JobPtr, Msg,
-    OwnerState,
+    call_owner, call_state, call_state_boxed, BorrowedJob, Job, JobImpl, JobPtr, Msg, OwnerState,
 };
 use crate::lane::Lane;
 use crate::mailbox::Mailboxes;
@@ -193,7 +193,7 @@ impl<S: 'static> PinnedWorker<S> {
             n.set(v);
             v
         });
-        (n % TIMED_ONE_JOB_IN == 0).then(Instant::now)
+        n.is_multiple_of(TIMED_ONE_JOB_IN).then(Instant::now)
     }
 
     /// Runs `f` on the owner thread and waits for its result. `f` may
@@ -283,13 +283,13 @@ impl<S: 'static> PinnedWorker<S> {
     {
         // Aligned to its own cache lines: the owner writes the slot while
         // this thread spins, and must not share a line with our stack.
-        let job = CacheAligned(JobImpl::new(
+        let job = CachePadded::new(JobImpl::new(
             g,
             call_owner::<S, R, G>,
             Slot::new(self.shared.id),
             self.stamp(),
         ));
-        let ptr: NonNull<dyn Job<S> + 'a> = NonNull::from(&job.0);
+        let ptr: NonNull<dyn Job<S> + 'a> = NonNull::from(&*job);
         // SAFETY: only the lifetime is erased; the type is unchanged. The
         // job lives on this stack frame and may borrow the caller's stack
         // for 'a, so the owner must be done with it before we return; it is:
@@ -312,7 +312,7 @@ impl<S: 'static> PinnedWorker<S> {
         let region =
             AbortOnUnwind::new("a caller waiting for the owner to finish a job that borrows its stack");
         let outcome = match self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
-            Ok(()) => job.0.slot.wait(self.shared.config.spin),
+            Ok(()) => job.slot.wait(self.shared.config.spin),
             Err((msg, why)) => {
                 drop(msg); // rejects the job here: it never reached the owner
                 Err(match why {

@@ -311,11 +311,7 @@ fn a_reinit_that_keeps_failing_starts_few_threads_and_answers_every_job() {
         let (h, n) = (Arc::clone(&healthy), Arc::clone(&inits));
         let w = PinnedWorker::builder()
             .panic_policy(PanicPolicy::Reinit)
-            .breaker(Some(Breaker {
-                max_panics: 100,
-                window: Duration::from_secs(1),
-                cooldown: Duration::ZERO,
-            }))
+            .breaker(Some(Breaker::new(100, Duration::from_secs(1), Duration::ZERO)))
             .spawn(move || {
                 n.fetch_add(1, Ordering::SeqCst);
                 if h.load(Ordering::SeqCst) {
@@ -470,18 +466,13 @@ fn a_watch_stops_at_once_whatever_its_interval_and_outlives_a_panicking_callback
     }
     within(30, || {
         use pinned_ffi::{ThreadWatch, WatchConfig};
-        let forever = WatchConfig {
-            interval: Duration::MAX,
-            ..WatchConfig::default()
-        };
+        let forever = WatchConfig::default().interval(Duration::MAX);
         ThreadWatch::start(forever, |_| ()).unwrap().stop(); // returns: no nap to sleep out
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&calls);
-        let always = WatchConfig {
-            interval: Duration::from_millis(5),
-            max_owner_starts_per_sec: -1.0, // every sample raises an alarm
-            ..WatchConfig::default()
-        };
+        let always = WatchConfig::default()
+            .interval(Duration::from_millis(5))
+            .max_owner_starts_per_sec(-1.0); // every sample raises an alarm
         let watch = ThreadWatch::start(always, move |_| {
             if seen.fetch_add(1, Ordering::SeqCst) == 0 {
                 panic!("bomb: an alarm callback panicked");
@@ -591,4 +582,21 @@ fn a_ticket_awaited_to_the_end_is_spent() {
             "try_get on a spent ticket says so instead of waiting forever"
         );
     });
+}
+
+#[test]
+fn every_public_handle_prints_whatever_its_state_is() {
+    /// A state without `Debug`, as an SDK context often is.
+    struct Opaque;
+    let w = PinnedWorker::spawn(|| Ok::<_, std::io::Error>(Opaque)).unwrap();
+    let b = w.bind(|_| Opaque).unwrap();
+    let t = w.submit(|_| Opaque).unwrap();
+    let pool = Pool::builder(1)
+        .spawn(|_| Ok::<_, std::io::Error>(Opaque))
+        .unwrap();
+    let printed = format!("{w:?} {b:?} {t:?} {pool:?} {:?}", PinnedWorker::builder());
+    assert!(
+        printed.contains("PinnedWorker") && printed.contains("Pool"),
+        "{printed}"
+    );
 }

@@ -128,11 +128,11 @@ fn a_stopped_workers_rejected_jobs_panicking_captures_are_contained() {
 pub(crate) fn case_rejected_when_broken(policy: PanicPolicy) {
     let what = format!("{policy:?}");
     let w = worker_with(
-        builder("rej-brk", policy).breaker(Some(Breaker {
-            max_panics: 1,
-            window: Duration::from_secs(60),
-            cooldown: Duration::from_secs(60),
-        })),
+        builder("rej-brk", policy).breaker(Some(Breaker::new(
+            1,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ))),
         None,
     );
     let tid = w.owner_tid();

@@ -86,11 +86,7 @@ pub(crate) fn case_reinit_panics(payload_bomb: bool) {
     let calls = Arc::new(AtomicU64::new(0));
     let counted = Arc::clone(&calls);
     let w = builder("reinit", PanicPolicy::Reinit)
-        .breaker(Some(Breaker {
-            max_panics: 1000,
-            window: Duration::from_secs(60),
-            cooldown: COOLDOWN,
-        }))
+        .breaker(Some(Breaker::new(1000, Duration::from_secs(60), COOLDOWN)))
         .spawn(move || {
             let n = counted.fetch_add(1, SeqCst) + 1;
             if n == 2 {
@@ -139,11 +135,7 @@ pub(crate) fn case_breaker_reinit(policy: PanicPolicy) {
     let f = Arc::clone(&fuse);
     let mut calls = 0;
     let w = builder("breaker", policy)
-        .breaker(Some(Breaker {
-            max_panics: 1,
-            window: Duration::from_secs(60),
-            cooldown: COOLDOWN,
-        }))
+        .breaker(Some(Breaker::new(1, Duration::from_secs(60), COOLDOWN)))
         .spawn(move || {
             calls += 1;
             if calls == 2 {

@@ -372,6 +372,7 @@ pub(crate) fn assert_policy_after_job_panic(
             );
             assert!(w.is_closed(), "{what}: a stopped worker is closed");
         }
+        other => panic!("{what}: no expectations for {other:?}"),
     }
 }
 

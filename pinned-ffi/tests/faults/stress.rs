@@ -59,11 +59,7 @@ pub(crate) struct Round {
 }
 
 pub(crate) fn rounds() -> [Round; 4] {
-    let quick = |max_panics, window| Breaker {
-        max_panics,
-        window,
-        cooldown: Duration::from_millis(20),
-    };
+    let quick = |max_panics, window| Breaker::new(max_panics, window, Duration::from_millis(20));
     [
         Round {
             name: "keep",
@@ -425,7 +421,7 @@ pub(crate) fn run_round(round: &Round, callers: u64, ops: u64) {
         .capacity(64)
         .spawn(move || {
             calls += 1;
-            if init_panics && calls > 1 && calls % 4 == 0 {
+            if init_panics && calls > 1 && calls.is_multiple_of(4) {
                 std::panic::panic_any(f.bomb());
             }
             Ok::<_, Infallible>(State {
