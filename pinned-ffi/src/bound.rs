@@ -59,7 +59,7 @@ impl<S: 'static> PinnedWorker<S> {
         E: Send,
         F: FnOnce(&mut S) -> Result<T, E> + Send,
     {
-        self.check_sizes::<F, T>()?;
+        self.check_sizes::<F, Result<T, E>>()?;
         let id = self.shared.next_bound.fetch_add(1, Ordering::Relaxed);
         let made = self.run_owner(move |o: &mut OwnerState<S>| -> Result<(), E> {
             let value = make(&mut o.state)?;

@@ -20,7 +20,9 @@ impl<S: 'static> PinnedWorker<S> {
     /// Where waiting could never end (called from a job of this worker, or
     /// from a job of a worker that this one's owner waits on), it stops
     /// intake and returns without waiting: the owner runs what was
-    /// accepted, then exits on its own.
+    /// accepted, then exits on its own once idle (or, if a caller was being
+    /// refused at that moment, when it is next woken: by a call, or by the
+    /// handle's drop).
     ///
     /// ```
     /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
@@ -77,7 +79,7 @@ fn close_from_here<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Option<Ins
 /// A close that cannot wait (called from the worker's own owner thread, or
 /// from an owner this worker's owner waits on): stops intake and returns.
 /// The owner runs what was accepted, sees the worker closed when it has
-/// nothing left, and exits on its own.
+/// nothing left, and exits on its own (see `close`).
 fn close_without_waiting<S>(shared: &Shared, tx: &Sender<Msg<S>>) {
     // ORDERING: as in `close_shared`.
     shared.closed.store(true, Ordering::SeqCst);
@@ -93,7 +95,7 @@ pub(crate) fn close_shared<S>(shared: &Shared, tx: &Sender<Msg<S>>, deadline: Op
                                                                    // ORDERING: see `enqueue`.
     shared.closed.store(true, Ordering::SeqCst);
     crate::sync::seqcst_handshake();
-    while shared.inflight.load(Ordering::SeqCst) != 0 {
+    while shared.inflight.fetch_add(0, Ordering::SeqCst) != 0 {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             abort();
         }

@@ -134,8 +134,9 @@ impl Builder {
     }
 
     /// The smallest owner stack [`stack_size`](Self::stack_size) accepts
-    /// (64 KiB): room for the hand-off's own frames and a small result.
-    pub const MIN_STACK: usize = 64 << 10;
+    /// (256 KiB): room for the hand-off's own frames and the largest
+    /// closure and result it admits, in a debug build too.
+    pub const MIN_STACK: usize = 256 << 10;
     /// Queue capacity (default 1024, at least 1): `submit` blocks and
     /// `try_submit` gives the job back when this many are waiting.
     #[must_use = "a builder method returns the changed builder"]

@@ -205,7 +205,9 @@ impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P
         let call = self.call;
         // The closure is consumed (and so dropped) inside the call, under
         // the catch, before the outcome is published: `run` relies on this.
-        let (result, outcome, contained) = match catch(|| call(f, owner)) {
+        let ran = catch(|| call(f, owner));
+        crate::waits::end_job();
+        let (result, outcome, contained) = match ran {
             Ok(r) => (Ok(r), RunOutcome::Done, 0),
             Err(caught) => (
                 Err(Error::Panicked(caught.message)),

@@ -401,13 +401,17 @@ where
     G: FnOnce(&mut O) -> R,
 {
     match action {
-        Action::Run(o) => match catch(|| g(o)) {
-            Ok(r) => (Ok(r), 0),
-            Err(caught) => {
-                lane.set_error(Error::Panicked(caught.message));
-                (Err(Handled::Panicked), u32::from(caught.payload_panicked))
+        Action::Run(o) => {
+            let ran = catch(|| g(o));
+            crate::waits::end_job(); // before the answer: see `end_job`
+            match ran {
+                Ok(r) => (Ok(r), 0),
+                Err(caught) => {
+                    lane.set_error(Error::Panicked(caught.message));
+                    (Err(Handled::Panicked), u32::from(caught.payload_panicked))
+                }
             }
-        },
+        }
         Action::Reject(error) => {
             // A panicking destructor must not leave the poster unanswered.
             let contained = drop_caught(g);

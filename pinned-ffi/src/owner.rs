@@ -119,12 +119,17 @@ impl<S: 'static> Core<S> {
                 // ORDERING: SeqCst, the other side of `enter`'s handshake.
                 if shared.closed.load(Ordering::SeqCst) {
                     crate::sync::seqcst_handshake();
-                    if shared.inflight.load(Ordering::SeqCst) == 0 {
+                    // A read-modify-write reads the latest count (a plain
+                    // load could, in the memory model, return an old one).
+                    if shared.inflight.fetch_add(0, Ordering::SeqCst) == 0 {
                         if !rx.is_empty() || !releases.is_empty() || mailboxes.pending() {
                             return Look::Busy;
                         }
                         return Look::Found(Event::Disconnected);
                     }
+                    // A producer is between admission and its refusal or
+                    // send: park; the next call, a release, or the
+                    // handle's close or drop wakes this owner to stop.
                 }
                 // An empty, disconnected queue looks empty: ask before
                 // parking (no sender is left to wake us).
@@ -432,7 +437,7 @@ fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
     shared.closed.store(true, Ordering::SeqCst);
     crate::sync::fence(Ordering::SeqCst);
     loop {
-        let idle = shared.inflight.load(Ordering::SeqCst) == 0;
+        let idle = shared.inflight.fetch_add(0, Ordering::SeqCst) == 0;
         while let Ok(msg) = core.rx.try_recv() {
             crate::sync::channel_recv();
             if !matches!(msg, Msg::Stop) {

@@ -301,6 +301,13 @@ impl Wake for ThreadWaker {
 /// Dropping a ticket (or a future awaiting it) before the job started
 /// cancels the job: it will never run.
 ///
+/// Polled on a worker's owner thread (a job blocking on it with a nested
+/// `block_on`), a ticket counts as that owner waiting on the ticket's
+/// worker until it resolves or the job returns; a poll that would close a
+/// cycle of owners waiting on each other resolves to
+/// [`Error::Reentrant`] (the job is cancelled if it had not started), even
+/// if the job meant to poll only once.
+///
 /// Awaited, its first poll spins briefly (the worker's
 /// [`spin`](crate::Builder::spin), at most [`Ticket::POLL_SPIN`]) before it
 /// registers the waker: a job that completes within a hand-off's time is
@@ -509,12 +516,13 @@ impl<R> Future for Ticket<R> {
         let slot = this.slot.as_ref().expect("Ticket polled after completion");
         if !slot.is_done() {
             // Polled on an owner thread (by a nested `block_on`, say): that
-            // owner now waits on the job's worker until the ticket resolves.
+            // owner now waits on the job's worker until the ticket resolves
+            // or its own job ends.
             // Record it, and refuse a wait that could never end (on its own
             // worker, or closing a cycle of owners).
             let me = waits::current();
             if me.is_some() && this.waiting.as_ref().and_then(Waiting::waiter) != me {
-                match waits::begin(slot.worker()) {
+                match waits::begin_polled(slot.worker()) {
                     Ok(w) => this.waiting = Some(w),
                     Err(e) => {
                         slot.cancel();

@@ -22,13 +22,33 @@
 //! `close` called from a job on a worker whose owner waits on the caller.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::error::Error;
 
 /// Edges of the wait-for graph: (worker whose owner waits, worker waited
 /// on), one per wait in progress.
-static EDGES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+static EDGES: Mutex<Vec<Edge>> = Mutex::new(Vec::new());
+
+/// Edges recorded by a ticket's poll, which last until the ticket resolves
+/// or the polling owner's job ends (see [`end_job`]); counted so the owner
+/// looks for them only when there are some.
+static POLLED: AtomicUsize = AtomicUsize::new(0);
+
+/// Ids for edges, so each guard removes its own.
+static NEXT_EDGE: AtomicU64 = AtomicU64::new(1);
+
+/// One wait in progress: worker `from`'s owner waits on worker `to`.
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    id: u64,
+    from: u64,
+    to: u64,
+    /// Recorded by a poll: the owner is taken to block on the ticket
+    /// (a nested `block_on`) until it resolves or the job ends.
+    polled: bool,
+}
 
 thread_local! {
     /// The id of the worker whose owner thread this is (0: none).
@@ -61,7 +81,7 @@ fn waiter() -> Option<u64> {
 }
 
 /// Whether the edges lead from `from` to `to`.
-fn reaches(edges: &[(u64, u64)], from: u64, to: u64) -> bool {
+fn reaches(edges: &[Edge], from: u64, to: u64) -> bool {
     let mut stack = vec![from];
     let mut seen = Vec::new();
     while let Some(x) = stack.pop() {
@@ -72,7 +92,7 @@ fn reaches(edges: &[(u64, u64)], from: u64, to: u64) -> bool {
             continue;
         }
         seen.push(x);
-        stack.extend(edges.iter().filter(|e| e.0 == x).map(|e| e.1));
+        stack.extend(edges.iter().filter(|e| e.from == x).map(|e| e.to));
     }
     false
 }
@@ -88,7 +108,7 @@ pub(crate) fn would_deadlock(target: u64) -> bool {
 
 /// A wait in progress, recorded until dropped.
 #[must_use = "the wait is recorded while the guard lives"]
-pub(crate) struct Waiting(Option<(u64, u64)>);
+pub(crate) struct Waiting(Option<(u64, u64)>); // (edge id, waiter)
 
 /// Records that this thread waits on the worker `target` until the guard
 /// drops.
@@ -100,12 +120,22 @@ pub(crate) struct Waiting(Option<(u64, u64)>);
 pub(crate) fn begin(target: u64) -> Result<Waiting, Error> {
     match waiter() {
         None => Ok(Waiting(None)),
-        Some(me) => begin_as(me, target),
+        Some(me) => begin_as(me, target, false),
+    }
+}
+
+/// Like [`begin`], for a ticket polled on an owner thread: the wait also
+/// ends when the job that polled it ends ([`end_job`]), since the owner is
+/// then no longer blocked, wherever the ticket went.
+pub(crate) fn begin_polled(target: u64) -> Result<Waiting, Error> {
+    match waiter() {
+        None => Ok(Waiting(None)),
+        Some(me) => begin_as(me, target, true),
     }
 }
 
 #[cold]
-fn begin_as(me: u64, target: u64) -> Result<Waiting, Error> {
+fn begin_as(me: u64, target: u64, polled: bool) -> Result<Waiting, Error> {
     if me == target {
         return Err(Error::Reentrant);
     }
@@ -113,23 +143,60 @@ fn begin_as(me: u64, target: u64) -> Result<Waiting, Error> {
     if reaches(&edges, target, me) {
         return Err(Error::Reentrant);
     }
-    edges.push((me, target));
-    Ok(Waiting(Some((me, target))))
+    // ORDERING: only uniqueness matters for ids; POLLED is a hint,
+    // confirmed under the lock.
+    let id = NEXT_EDGE.fetch_add(1, Ordering::Relaxed);
+    edges.push(Edge {
+        id,
+        from: me,
+        to: target,
+        polled,
+    });
+    if polled {
+        POLLED.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(Waiting(Some((id, me))))
+}
+
+/// Called on an owner thread when a job's closure returns, before its
+/// outcome is published: the waits its polls recorded are over (the job no
+/// longer blocks on those tickets, wherever they went).
+#[inline]
+pub(crate) fn end_job() {
+    // ORDERING: a hint; the edges themselves are read under the lock.
+    if POLLED.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    if let Some(worker) = owner_of_current_thread() {
+        end_job_slow(worker);
+    }
+}
+
+#[cold]
+fn end_job_slow(worker: u64) {
+    let mut edges = EDGES.lock().unwrap_or_else(|e| e.into_inner());
+    let before = edges.len();
+    edges.retain(|e| !(e.polled && e.from == worker));
+    // ORDERING: see `end_job`.
+    POLLED.fetch_sub(before - edges.len(), Ordering::Relaxed);
 }
 
 impl Waiting {
     /// The worker whose owner waits, if the wait was recorded.
     pub(crate) fn waiter(&self) -> Option<u64> {
-        self.0.map(|(me, _)| me)
+        self.0.map(|(_, me)| me)
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if let Some(edge) = self.0 {
+        if let Some((id, _)) = self.0 {
             let mut edges = EDGES.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = edges.iter().position(|e| *e == edge) {
-                edges.swap_remove(i);
+            if let Some(i) = edges.iter().position(|e| e.id == id) {
+                if edges.swap_remove(i).polled {
+                    // ORDERING: see `end_job`.
+                    POLLED.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -160,13 +227,19 @@ mod tests {
 
     #[test]
     fn cycles_are_found_through_any_number_of_edges() {
-        let edges = [(1, 2), (2, 3), (3, 4), (9, 1)];
+        let e = |from, to| Edge {
+            id: 0,
+            from,
+            to,
+            polled: false,
+        };
+        let edges = [e(1, 2), e(2, 3), e(3, 4), e(9, 1)];
         assert!(reaches(&edges, 1, 4));
         assert!(reaches(&edges, 9, 3));
         assert!(!reaches(&edges, 4, 1));
         assert!(!reaches(&edges, 2, 1));
         assert!(
-            reaches(&[(1, 2), (2, 1)], 1, 1),
+            reaches(&[e(1, 2), e(2, 1)], 1, 1),
             "a cycle in the edges is walked once"
         );
     }

@@ -5,6 +5,7 @@
 //! that keep failing, and results too large for a stack. Each test runs
 //! under a watchdog, so a regression fails instead of hanging.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Once};
 use std::task::{Context, Poll, Wake, Waker};
@@ -599,4 +600,139 @@ fn every_public_handle_prints_whatever_its_state_is() {
         printed.contains("PinnedWorker") && printed.contains("Pool"),
         "{printed}"
     );
+}
+
+#[test]
+fn a_stopped_worker_ends_its_owner_by_itself_or_at_the_latest_with_its_handle() {
+    within(120, || {
+        for round in 0..20 {
+            let dropped = Arc::new(AtomicBool::new(false));
+            struct State(Arc<AtomicBool>);
+            impl Drop for State {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let d = Arc::clone(&dropped);
+            let w = Arc::new(
+                PinnedWorker::builder()
+                    .panic_policy(PanicPolicy::Stop)
+                    .owner_spin(Duration::ZERO)
+                    .spawn(move || Ok::<_, std::io::Error>(State(Arc::clone(&d))))
+                    .unwrap(),
+            );
+            let halt = Arc::new(AtomicBool::new(false));
+            let callers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (w, halt) = (Arc::clone(&w), Arc::clone(&halt));
+                    std::thread::spawn(move || {
+                        while !halt.load(Ordering::SeqCst) {
+                            let _ = w.run(|_| ());
+                            let _ = w.submit(|_| ()).map(|t| t.wait());
+                        }
+                    })
+                })
+                .collect();
+            let fatal = w.submit(|_| -> () { panic!("bomb: the fatal job") }).unwrap();
+            assert!(matches!(fatal.wait(), Err(Error::Panicked(_))));
+            std::thread::sleep(Duration::from_millis(5));
+            halt.store(true, Ordering::SeqCst);
+            callers.into_iter().for_each(|c| c.join().unwrap());
+            assert_eq!(w.run(|_| ()), Err(Error::Stopped), "round {round}");
+            // The owner stops by itself once idle, or at the latest when
+            // the handle goes: either way the state is dropped, once.
+            drop(w);
+            assert!(dropped.load(Ordering::SeqCst), "round {round}");
+        }
+        // With nobody racing the stop, the owner ends by itself: no close,
+        // no drop of the handle.
+        let dropped = Arc::new(AtomicBool::new(false));
+        struct State(Arc<AtomicBool>);
+        impl Drop for State {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let d = Arc::clone(&dropped);
+        let w = PinnedWorker::builder()
+            .panic_policy(PanicPolicy::Stop)
+            .spawn(move || Ok::<_, std::io::Error>(State(Arc::clone(&d))))
+            .unwrap();
+        assert!(matches!(
+            w.run(|_| -> () { panic!("bomb: fatal") }),
+            Err(Error::Panicked(_))
+        ));
+        while !dropped.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(w.run(|_| ()), Err(Error::Stopped));
+    });
+}
+
+#[test]
+fn a_ticket_polled_by_a_finished_job_leaves_no_wait_behind() {
+    within(30, || {
+        let (a, b) = (Arc::new(worker()), Arc::new(worker()));
+        for _ in 0..20 {
+            let (gate_tx, gate) = mpsc::channel::<()>();
+            let (a2, b2) = (Arc::clone(&a), Arc::clone(&b));
+            // A's job polls a ticket of B once (Pending) and hands it out;
+            // then B's job calls A, which is idle by then: no deadlock.
+            let ta = a
+                .submit(move |_| {
+                    let mut tb = b2
+                        .submit(move |_| {
+                            gate.recv().unwrap();
+                            a2.run(|n| *n + 1)
+                        })
+                        .unwrap();
+                    let waker = Waker::noop();
+                    let pending = std::pin::Pin::new(&mut tb).poll(&mut Context::from_waker(waker));
+                    assert!(pending.is_pending());
+                    tb
+                })
+                .unwrap();
+            let tb = ta.wait().unwrap();
+            gate_tx.send(()).unwrap();
+            assert_eq!(block_on(tb), Ok(Ok(1)));
+        }
+    });
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // large errors are the point here
+fn size_limits_hold_on_the_smallest_stack_for_every_call_form() {
+    within(60, || {
+        use pinned_ffi::Builder;
+        let w = PinnedWorker::builder()
+            .stack_size(0)
+            .spawn(|| Ok::<_, std::io::Error>(0u8))
+            .unwrap();
+        const RESULT: usize = Builder::MIN_STACK / 8;
+        const JOB: usize = Builder::MIN_STACK / 32;
+        let captured = [1u8; JOB - 8]; // room for the `with` closure's own fields
+        let b = w.bind(|_| 2u8).unwrap();
+        let got = w.with(&b, move |_, v| {
+            let mut r = [0u8; RESULT];
+            r[1] = captured[0] + *v;
+            r
+        });
+        assert_eq!(got.map(|r| r[1]), Ok(3));
+        let captured = [1u8; JOB];
+        assert_eq!(w.run(move |_| [captured[0]; RESULT]).map(|r| r[0]), Ok(1));
+        let r = w.submit(move |_| [captured[1]; RESULT]).unwrap().wait();
+        assert_eq!(r.map(|r| r[0]), Ok(1));
+        // A value to bind, or its error, counts as a result.
+        assert!(matches!(
+            w.try_bind(|_| Err::<u8, _>([9u8; RESULT + 1])).map(|_| ()),
+            Err(Error::ResultTooLarge { .. })
+        ));
+        assert!(matches!(
+            PinnedWorker::spawn(|| Ok::<_, std::io::Error>(()))
+                .unwrap()
+                .try_bind(|_| Err::<u8, _>([9u8; 2 << 20]))
+                .map(|_| ()),
+            Err(Error::ResultTooLarge { .. })
+        ));
+    });
 }
