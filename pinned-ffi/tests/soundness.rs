@@ -602,17 +602,19 @@ fn every_public_handle_prints_whatever_its_state_is() {
     );
 }
 
+/// A state that says when it is dropped.
+struct State(Arc<AtomicBool>);
+impl Drop for State {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 #[test]
 fn a_stopped_worker_ends_its_owner_by_itself_or_at_the_latest_with_its_handle() {
     within(120, || {
         for round in 0..20 {
             let dropped = Arc::new(AtomicBool::new(false));
-            struct State(Arc<AtomicBool>);
-            impl Drop for State {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::SeqCst);
-                }
-            }
             let d = Arc::clone(&dropped);
             let w = Arc::new(
                 PinnedWorker::builder()
@@ -647,12 +649,6 @@ fn a_stopped_worker_ends_its_owner_by_itself_or_at_the_latest_with_its_handle() 
         // With nobody racing the stop, the owner ends by itself: no close,
         // no drop of the handle.
         let dropped = Arc::new(AtomicBool::new(false));
-        struct State(Arc<AtomicBool>);
-        impl Drop for State {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::SeqCst);
-            }
-        }
         let d = Arc::clone(&dropped);
         let w = PinnedWorker::builder()
             .panic_policy(PanicPolicy::Stop)
