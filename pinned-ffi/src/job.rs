@@ -20,22 +20,22 @@ use crate::slot::{Publish, Slot};
 use crate::unwind::{catch, drop_caught, AbortOnUnwind};
 
 /// What lives on the owner thread: the user's state and the owner-bound
-/// values handed out as [`Bound`] handles.
+/// values handed out as [`Bound`](crate::Bound) handles. The owner tears it
+/// down with [`teardown`](Self::teardown); the field order keeps the same
+/// order (values before the state that made them) for any other drop.
 pub(crate) struct OwnerState<S> {
-    pub(crate) state: S,
     pub(crate) bound: HashMap<u64, Box<dyn Any>>,
+    pub(crate) state: S,
 }
 
 impl<S> OwnerState<S> {
     pub(crate) fn new(state: S) -> Self {
         OwnerState {
-            state,
             bound: HashMap::new(),
+            state,
         }
     }
-}
 
-impl<S> OwnerState<S> {
     /// Drops the owner-bound values (buffers, sessions) before the state
     /// that made them (the context), as an SDK requires; each destructor
     /// under a catch. Returns the panics contained.

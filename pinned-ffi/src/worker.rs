@@ -139,41 +139,31 @@ impl<S: 'static> PinnedWorker<S> {
             }
             Err(channel::TrySendError::Full(m)) => m,
         };
+        if let Wait::No = wait {
+            return Err((msg, Refused::Full));
+        }
         // Waiting for room that could never come (from the worker's own
         // owner thread, whose loop is what makes room, or from an owner
         // this worker's owner waits on) is refused; other waits are
         // recorded while they last.
-        let (wait, _waiting, stuck) = match wait {
-            Wait::No => (Wait::No, None, false),
-            blocking => match waits::begin(self.shared.id) {
-                Ok(w) => (blocking, Some(w), false),
-                Err(_) => (Wait::No, None, true),
-            },
+        let _waiting = match waits::begin(self.shared.id) {
+            Ok(w) => w,
+            Err(e) => return Err((msg, Refused::Err(e))),
         };
         let sent = match wait {
-            Wait::Block => self.tx.send(msg).map_err(|e| (e.0, true)),
-            Wait::No => self.tx.try_send(msg).map_err(|e| match e {
-                channel::TrySendError::Full(m) => (m, false),
-                channel::TrySendError::Disconnected(m) => (m, true),
-            }),
             Wait::Until(d) => self.tx.send_deadline(msg, d).map_err(|e| match e {
                 channel::SendTimeoutError::Timeout(m) => (m, false),
                 channel::SendTimeoutError::Disconnected(m) => (m, true),
             }),
+            Wait::Block | Wait::No => self.tx.send(msg).map_err(|e| (e.0, true)),
         };
         match sent {
             Ok(()) => {
                 self.shared.bell.ring_after_send();
                 Ok(())
             }
-            Err((m, gone)) => {
-                let why = match (gone, stuck) {
-                    (true, _) => Refused::Err(self.shared.refusal()),
-                    (false, true) => Refused::Err(Error::Reentrant),
-                    (false, false) => Refused::Full,
-                };
-                Err((m, why))
-            }
+            Err((m, true)) => Err((m, Refused::Err(self.shared.refusal()))),
+            Err((m, false)) => Err((m, Refused::Full)),
         }
     }
 
@@ -208,9 +198,13 @@ impl<S: 'static> PinnedWorker<S> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Panicked`] if `f` panicked; [`Error::Reentrant`] when called
-    /// from this worker's own owner thread; [`Error::Closed`],
-    /// [`Error::Stopped`], [`Error::Broken`] when refused.
+    /// [`Error::Panicked`] if `f` panicked; [`Error::Reentrant`] when the
+    /// wait could never end (from this worker's own owner thread, or
+    /// closing a cycle of owners); [`Error::JobTooLarge`] and
+    /// [`Error::ResultTooLarge`] past [`MAX_JOB`](Self::MAX_JOB) and
+    /// [`MAX_RESULT`](Self::MAX_RESULT); [`Error::Closed`],
+    /// [`Error::Stopped`], [`Error::Broken`], [`Error::OwnerDied`] when
+    /// refused.
     pub fn run<'a, R, F>(&self, f: F) -> Result<R, Error>
     where
         F: FnOnce(&mut S) -> R + Send + 'a,
@@ -329,9 +323,11 @@ impl<S: 'static> PinnedWorker<S> {
     /// queue is full.
     ///
     /// # Errors
-    /// [`Error::Closed`], [`Error::Stopped`], [`Error::Broken`] when
-    /// refused; [`Error::Reentrant`] when called from the owner thread with
-    /// the queue full.
+    /// [`Error::Closed`], [`Error::Stopped`], [`Error::Broken`],
+    /// [`Error::OwnerDied`] when refused; [`Error::Reentrant`] when the
+    /// queue is full and waiting for room could never end (from the owner
+    /// thread, or an owner this worker waits on); [`Error::JobTooLarge`]
+    /// and [`Error::ResultTooLarge`] as for [`run`](Self::run).
     ///
     /// ```
     /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
