@@ -183,6 +183,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         println!("  {name:<48} {shown:>12} {:>8.1}", v / d);
     }
-    pool.close();
+    pool.close().unwrap();
     Ok(())
 }

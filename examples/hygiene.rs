@@ -51,8 +51,8 @@ fn main() {
         for i in 0..100 {
             pool.run(|c| c.op(i).expect("op")).expect("run");
         }
-        pool.close();
-        worker.close();
+        pool.close().unwrap();
+        worker.close().unwrap();
     }
     let d = Stats::now().since(&before);
     println!(

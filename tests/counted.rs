@@ -82,8 +82,8 @@ fn closing_workers_and_pools_leaves_nothing_behind() {
         w.with(&bound, |_, c| c.op(1).unwrap()).unwrap();
         pool.run(|c| c.op(1).unwrap()).unwrap();
         drop(bound);
-        pool.close();
-        w.close();
+        pool.close().unwrap();
+        w.close().unwrap();
     }
     let d = Stats::now().since(&before);
     assert_eq!(d.created, 4);

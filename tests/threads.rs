@@ -76,7 +76,7 @@ fn pools_and_workers_cost_exactly_their_owner_threads() {
     let total: u64 = pool.metrics().iter().map(|m| m.completed).sum();
     assert_eq!(total, 64 * 50);
 
-    pool.close();
+    pool.close().unwrap();
     assert_eq!(
         threads::thread_count(),
         Some(baseline),

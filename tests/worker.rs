@@ -147,7 +147,7 @@ fn run_racing_close_always_returns_and_drops_every_closure() {
             .collect();
         start.wait();
         thread::sleep(Duration::from_millis(2));
-        w.close();
+        w.close().unwrap();
         let ok: u64 = callers.into_iter().map(|c| c.join().unwrap()).sum();
         assert!(ok > 0);
         assert_eq!(
@@ -472,7 +472,7 @@ fn close_under_load_gives_every_accepted_job_an_outcome() {
     }
     start.wait();
     thread::sleep(Duration::from_millis(50));
-    w.close();
+    w.close().unwrap();
     for c in callers {
         c.join().unwrap();
     }
@@ -492,9 +492,9 @@ fn close_timeout_shuts_down_what_it_cannot_run() {
         thread::sleep(Duration::from_millis(100));
         drop(release);
     });
-    let shut = w.close_timeout(Duration::from_millis(20));
+    let shut = w.close_timeout(Duration::from_millis(20)).unwrap();
     releaser.join().unwrap();
-    assert_eq!(shut, 5);
+    assert_eq!((shut.shut_down, shut.still_running), (5, 1));
     busy.wait().unwrap();
     for t in queued {
         assert_eq!(t.wait(), Err(Error::Shutdown));

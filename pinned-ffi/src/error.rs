@@ -97,7 +97,7 @@ impl<F> TrySubmitError<F> {
     /// ```
     /// use pinned_ffi::{PinnedWorker, TrySubmitError};
     /// let w = PinnedWorker::builder().capacity(1).spawn(|| Ok::<_, std::io::Error>(()))?;
-    /// w.close();
+    /// w.close()?;
     /// let job = match w.try_submit(|_| 7) {
     ///     Err(e @ TrySubmitError::Refused(..)) => e.into_job(),
     ///     other => panic!("{other:?}"),

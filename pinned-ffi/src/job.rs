@@ -16,7 +16,7 @@ use crate::lane::{self, Action, Handled, Lane};
 use crate::mailbox::Posted;
 #[cfg(feature = "tracing")]
 use crate::shared::Shared;
-use crate::slot::{Publish, Slot};
+use crate::slot::{Dequeued, Publish, Slot};
 use crate::unwind::{catch, drop_caught, AbortOnUnwind};
 
 /// What lives on the owner thread: the user's state and the owner-bound
@@ -107,6 +107,8 @@ pub(crate) trait Job<S>: Send {
     /// publish if it was already run or rejected).
     fn reject(&self, error: Error) -> Finished;
     fn enqueued(&self) -> Option<Instant>;
+    /// The owner took it off the queue: who frees its place.
+    fn dequeue(&self) -> Dequeued;
     #[cfg(feature = "tracing")]
     fn label(&self) -> Option<&str>;
 }
@@ -238,6 +240,14 @@ impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P
 
     fn enqueued(&self) -> Option<Instant> {
         self.enqueued
+    }
+
+    fn dequeue(&self) -> Dequeued {
+        if P::CANCELLABLE {
+            self.slot.slot().dequeue()
+        } else {
+            Dequeued::Held // a blocking caller never gives up
+        }
     }
 
     #[cfg(feature = "tracing")]
@@ -438,6 +448,16 @@ impl<S> Msg<S> {
         };
         region.disarm();
         contained
+    }
+
+    /// Taken off the queue: who frees its place there (`None`: it held
+    /// none, as a posted job or `Stop`).
+    pub(crate) fn dequeue(&self) -> Option<Dequeued> {
+        match self {
+            Msg::Job(job) => Some(job.dequeue()),
+            Msg::Borrowed(_) => Some(Dequeued::Held),
+            Msg::Posted(_) | Msg::Stop => None,
+        }
     }
 
     pub(crate) fn enqueued(&self) -> Option<Instant> {

@@ -63,24 +63,27 @@ mod metrics;
 mod owner;
 pub mod placement;
 mod pool;
+mod room;
 mod shared;
 mod slot;
 mod spawn;
 mod spin;
 mod sync;
 pub mod threads;
+mod ticket;
 mod unwind;
 mod waits;
 mod watch;
 mod worker;
 
 pub use bound::Bound;
+pub use close::CloseReport;
 pub use config::{Breaker, Builder, PanicPolicy};
 pub use error::{Error, SpawnError, TrySubmitError};
 pub use labels::with_label;
 pub use metrics::{MetricsSnapshot, Summary};
 pub use pool::{Dispatch, Pool, PoolBuilder};
-pub use slot::Ticket;
+pub use ticket::Ticket;
 pub use watch::{Alarm, ThreadWatch, WatchConfig};
 pub use worker::{owners_started, PinnedWorker, TIMED_ONE_JOB_IN};
 

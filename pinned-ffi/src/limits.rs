@@ -4,7 +4,7 @@
 
 use crate::error::Error;
 use crate::shared::DEFAULT_OWNER_STACK;
-use crate::slot::BOX_PAST;
+use crate::ticket::BOX_PAST;
 use crate::worker::PinnedWorker;
 
 impl<S: 'static> PinnedWorker<S> {

@@ -18,6 +18,7 @@ use crate::lane::Lane;
 use crate::mailbox::Scanner;
 use crate::metrics::Counters;
 use crate::shared::Shared;
+use crate::slot::Dequeued;
 use crate::spin::{spin_until_done, Engaged};
 use crate::unwind::{catch, drop_payload};
 
@@ -78,10 +79,21 @@ impl<S> Core<S> {
 }
 
 impl<S: 'static> Core<S> {
+    /// The next message (see `next_event`); a job taken off the queue
+    /// frees its place there.
+    pub(crate) fn next(&mut self) -> Event<S> {
+        let event = self.next_event();
+        if let Event::Msg(msg) = &event {
+            let woken = took(&self.shared, msg);
+            self.contained(woken);
+        }
+        event
+    }
+
     /// The next message: queued messages, then releases, then mailbox
     /// posts are taken without blocking; when there are none the owner
     /// spins for `owner_spin`, then parks until a producer wakes it.
-    pub(crate) fn next(&mut self) -> Event<S> {
+    fn next_event(&mut self) -> Event<S> {
         loop {
             let (rx, releases) = (&self.rx, &self.releases);
             if let Some(event) = self.shared.bell.take_queued(|| poll_queues(rx, releases)) {
@@ -188,6 +200,16 @@ impl<S: 'static> Core<S> {
             .config
             .breaker
             .map_or(Duration::from_secs(1), |b| b.cooldown)
+    }
+}
+
+/// `msg` was taken off the queue: frees its place, or notes that an
+/// abandoned job was reached. Returns the panics of wakers it woke.
+pub(crate) fn took<S>(shared: &Shared, msg: &Msg<S>) -> u32 {
+    match msg.dequeue() {
+        Some(Dequeued::Held) => shared.room.give_back(),
+        Some(Dequeued::Abandoned) => shared.room.skipped(),
+        None => 0,
     }
 }
 
@@ -436,10 +458,14 @@ fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
     // before the mailbox scans below (see `Owner::taking`).
     shared.closed.store(true, Ordering::SeqCst);
     crate::sync::fence(Ordering::SeqCst);
+    let woken = shared.room.wake_all(); // waiters for room: refused now
+    core.contained(woken);
     loop {
         let idle = shared.inflight.fetch_add(0, Ordering::SeqCst) == 0;
         while let Ok(msg) = core.rx.try_recv() {
             crate::sync::channel_recv();
+            let woken = took(&shared, &msg);
+            core.contained(woken);
             if !matches!(msg, Msg::Stop) {
                 Counters::bump(&shared.counters.rejected);
                 core.contained(msg.reject(error.clone()));
@@ -584,7 +610,7 @@ pub(crate) mod tests {
         assert!(w.is_closed());
         assert!(died(w.run(|n| *n)), "later calls are refused with the reason");
         assert!(matches!(w.submit(|n| *n).map(|_| ()), Err(Error::OwnerDied(_))));
-        w.close(); // returns: the dead owner marked its exit
+        w.close().unwrap(); // returns: the dead owner marked its exit
         let m = w.metrics();
         assert_eq!(m.contained_panics, 1);
         assert_eq!(m.rejected, 6);

@@ -16,7 +16,7 @@ fn unstarted() -> (PinnedWorker<u64>, Core<u64>) {
         .timings(false)
         .capacity(4);
     let shared = Arc::new(Shared::new(config));
-    let (tx, rx) = crossbeam_channel::bounded(4);
+    let (tx, rx) = crossbeam_channel::unbounded();
     let (release_tx, release_rx) = crossbeam_channel::unbounded();
     let mailboxes = Mailboxes::new();
     let scanner = Scanner::new(Arc::clone(&mailboxes));
@@ -24,6 +24,7 @@ fn unstarted() -> (PinnedWorker<u64>, Core<u64>) {
     let worker = PinnedWorker {
         shared,
         tx,
+        rx: core.rx.clone(),
         releases: release_tx,
         mailboxes,
         _state: PhantomData,
@@ -81,7 +82,7 @@ fn loom_a_blocking_call_racing_close_gets_exactly_one_outcome() {
                 })
             })
         };
-        w.close();
+        w.close().unwrap();
         let got = caller.join().unwrap();
         owner.join().unwrap();
         assert!(matches!(got, Ok(1) | Err(Error::Closed)), "{got:?}");
@@ -104,7 +105,7 @@ fn loom_a_ticket_racing_close_is_run_or_refused_never_lost() {
             let w = Arc::clone(&w);
             loom::thread::spawn(move || w.submit(|n| *n + 7).map(|t| t.wait()))
         };
-        w.close();
+        w.close().unwrap();
         let got = caller.join().unwrap();
         owner.join().unwrap();
         assert!(matches!(got, Ok(Ok(7)) | Err(Error::Closed)), "{got:?}");

@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::close::CloseReport;
 use crate::config::Builder;
 use crate::error::{Error, SpawnError};
 use crossbeam_utils::CachePadded;
 
 use crate::metrics::MetricsSnapshot;
 use crate::placement::{Placement, Topology};
-use crate::slot::Ticket;
+use crate::ticket::Ticket;
 use crate::waits;
 use crate::worker::PinnedWorker;
 
@@ -435,35 +436,46 @@ impl<S: 'static> Pool<S> {
     ///
     /// ```
     /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
-    /// pool.close();
+    /// pool.close()?;
     /// assert!(pool.workers().iter().all(|w| w.is_closed()));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn close(&self) {
-        for w in &self.workers {
-            w.close();
-        }
+    ///
+    /// # Errors
+    /// [`Error::Reentrant`] if a worker could not be waited for (called
+    /// from a pool job); every worker's intake is stopped all the same.
+    pub fn close(&self) -> Result<(), Error> {
+        self.workers
+            .iter()
+            .map(PinnedWorker::close)
+            .fold(Ok(()), Result::and)
     }
 
-    /// Closes every worker with a shared deadline; returns the number of
-    /// accepted jobs that were shut down unrun.
+    /// Closes every worker with one shared deadline (see
+    /// [`PinnedWorker::close_timeout`]); the report adds up the workers'.
     ///
     /// ```
     /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
-    /// assert_eq!(pool.close_timeout(std::time::Duration::from_secs(1)), 0);
+    /// assert_eq!(pool.close_timeout(std::time::Duration::from_secs(1))?.shut_down, 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn close_timeout(&self, timeout: Duration) -> u64 {
+    ///
+    /// # Errors
+    /// As [`close`](Self::close).
+    pub fn close_timeout(&self, timeout: Duration) -> Result<CloseReport, Error> {
         // A deadline past the clock's range never comes.
         let deadline = std::time::Instant::now().checked_add(timeout);
-        self.workers
-            .iter()
-            .map(|w| {
-                let left = deadline.map_or(Duration::MAX, |d| {
-                    d.saturating_duration_since(std::time::Instant::now())
-                });
-                w.close_timeout(left)
-            })
-            .sum()
+        let mut report = CloseReport::default();
+        let mut outcome = Ok(());
+        for w in &self.workers {
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+            });
+            match w.close_timeout(left) {
+                Ok(r) => report += r,
+                Err(e) => outcome = Err(e),
+            }
+        }
+        outcome.map(|()| report)
     }
 }

@@ -13,6 +13,7 @@ use crate::lane::Owner;
 use crossbeam_utils::CachePadded;
 
 use crate::metrics::{Counters, Histogram};
+use crate::room::Room;
 
 /// The part of a worker shared by its handle and its owner thread(s).
 /// Worker ids: unique in the process, never reused.
@@ -56,6 +57,16 @@ pub(crate) struct Shared {
     pub(crate) owner_tid: AtomicU64,
     /// How producers signal work and wake a parking owner.
     pub(crate) bell: Doorbell,
+    /// The queue's bound, counted exactly.
+    pub(crate) room: Room,
+    /// Jobs a closer answered `Shutdown` itself, at its deadline (the
+    /// owner's counters have a single writer).
+    pub(crate) rejected_by_closer: AtomicU64,
+    /// Panics a closer contained answering them (their captures' drops).
+    pub(crate) contained_by_closer: AtomicU64,
+    /// A close gave up waiting for a running job: the owner exits on its
+    /// own, and dropping the handle does not wait for it.
+    pub(crate) detached: AtomicBool,
 }
 
 impl Shared {
@@ -64,6 +75,7 @@ impl Shared {
         // ORDERING: only uniqueness matters.
         let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
         let name = config.name.clone().unwrap_or_else(|| format!("pinned-{id}"));
+        let config_capacity = config.capacity;
         Shared {
             id,
             name,
@@ -86,6 +98,10 @@ impl Shared {
             next_bound: AtomicU64::new(1),
             owner_tid: AtomicU64::new(0),
             bell: Doorbell::new(),
+            room: Room::new(config_capacity),
+            rejected_by_closer: AtomicU64::new(0),
+            contained_by_closer: AtomicU64::new(0),
+            detached: AtomicBool::new(false),
         }
     }
 
@@ -170,6 +186,13 @@ impl Shared {
         *self.died.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         // ORDERING: as in `close_shared`.
         self.closed.store(true, Ordering::SeqCst);
+        let _ = self.room.wake_all();
+    }
+
+    /// Accepted jobs refused without running, by the owner or a closer.
+    pub(crate) fn rejected(&self) -> u64 {
+        // ORDERING: statistics.
+        self.counters.rejected.load(Ordering::Relaxed) + self.rejected_by_closer.load(Ordering::Relaxed)
     }
 
     pub(crate) fn has_exited(&self) -> bool {

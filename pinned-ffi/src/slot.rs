@@ -1,23 +1,21 @@
-//! The one-shot completion slot between a caller and the owner thread, and
-//! [`Ticket`], the caller's side of a submitted job.
+//! The one-shot completion slot between a caller and the owner thread
+//! (the caller's side of a submitted job, [`Ticket`](crate::Ticket), is in
+//! `ticket.rs`).
 //!
 //! The hot path is lock-free: the owner publishes the result with one
 //! atomic RMW, and a caller that is still spinning sees it without any
 //! system call. Only a caller that has spun out registers a waker (under a
 //! mutex) and parks, and only then does the owner pay a wake-up.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use crate::spin::spin_until_done;
 use crate::sync::{self, AtomicU8, Mutex, Thread, UnsafeCell};
 
 use crate::error::Error;
-use crate::waits::{self, Waiting};
 
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
@@ -27,6 +25,19 @@ const WAITER: u8 = 8;
 /// on it never touches the slot again, so a slot on the waiter's stack may
 /// go away.
 const FINISHED: u8 = 16;
+/// The job holds a place in its worker's queue (see [`Room`](crate::room::Room)):
+/// cleared by the owner when it takes the job, or by a cancel that wins
+/// while the job is still queued. Whoever clears it frees the place.
+const QUEUED: u8 = 32;
+
+/// What the owner found when it took a queued job (see [`Slot::dequeue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dequeued {
+    /// It held a place: the owner frees it.
+    Held,
+    /// Its caller gave up while it was queued, and freed the place then.
+    Abandoned,
+}
 
 /// Where one job's outcome lands. `repr(C)`: the state and the result,
 /// touched on every hand-off, come first; the waker, needed only by a
@@ -36,7 +47,7 @@ pub(crate) struct Slot<R> {
     state: AtomicU8,
     result: UnsafeCell<Option<Result<R, Error>>>,
     /// The worker that runs the job, for re-entrancy checks.
-    worker: u64,
+    pub(crate) worker: u64,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -58,6 +69,26 @@ impl<R> Slot<R> {
         }
     }
 
+    /// A slot for a job that will hold a place in the queue.
+    pub(crate) fn queued(worker: u64) -> Self {
+        let slot = Slot::new(worker);
+        // ORDERING: not shared yet.
+        slot.state.store(QUEUED, Ordering::Relaxed);
+        slot
+    }
+
+    /// Owner: the job was taken off the queue. Says who frees its place.
+    pub(crate) fn dequeue(&self) -> Dequeued {
+        // ORDERING: AcqRel on the state word orders this with `cancel`:
+        // exactly one of the two clears QUEUED.
+        let prev = self.state.fetch_and(!QUEUED, Ordering::AcqRel);
+        if prev & QUEUED == 0 && prev & CANCELLED != 0 {
+            Dequeued::Abandoned
+        } else {
+            Dequeued::Held
+        }
+    }
+
     /// Owner: claims the job for running. `false` if the caller cancelled
     /// it first (it must then not run).
     pub(crate) fn start(&self) -> bool {
@@ -70,15 +101,17 @@ impl<R> Slot<R> {
             .is_ok()
     }
 
-    /// Caller: gives up on the job. `true` if it had not started, so it
-    /// never will; `false` if it was running or done.
-    pub(crate) fn cancel(&self) -> bool {
-        // ORDERING: see `start`.
+    /// Caller: gives up on the job. `Some` if it had not started, so it
+    /// never will, with whether it was still in the queue (its place is
+    /// then the caller's to free); `None` if it was running or done.
+    pub(crate) fn cancel(&self) -> Option<bool> {
+        // ORDERING: see `start` and `dequeue`.
         self.state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                (s & (RUNNING | DONE | CANCELLED) == 0).then_some(s | CANCELLED)
+                (s & (RUNNING | DONE | CANCELLED) == 0).then_some((s | CANCELLED) & !QUEUED)
             })
-            .is_ok()
+            .ok()
+            .map(|prev| prev & QUEUED != 0)
     }
 
     /// Completing side, first half: stores the outcome where the waiter
@@ -100,13 +133,13 @@ impl<R> Slot<R> {
         }
     }
 
-    fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         // ORDERING: Acquire pairs with the Release in `complete`.
         self.state.load(Ordering::Acquire) & DONE != 0
     }
 
     /// Takes the outcome once DONE has been seen.
-    fn take(&self) -> Result<R, Error> {
+    pub(crate) fn take(&self) -> Result<R, Error> {
         debug_assert!(self.is_done());
         // SAFETY: DONE was observed with Acquire, so the completing side has
         // finished writing and will not touch `result` again; the waiter is
@@ -118,7 +151,7 @@ impl<R> Slot<R> {
 
     /// Registers `waker` to be woken on completion. `true` if already done
     /// (then nothing will wake it).
-    fn register(&self, waker: &Waker) -> bool {
+    pub(crate) fn register(&self, waker: &Waker) -> bool {
         {
             let mut guard = self.waker.lock().unwrap_or_else(|e| e.into_inner());
             match &mut *guard {
@@ -227,64 +260,8 @@ impl Publish {
 // the atomic and the mutex they point to are Sync.
 unsafe impl Send for Publish {}
 
-/// Where a ticket's outcome lands: in the slot itself, or boxed for a
-/// result past [`BOX_PAST`] bytes, so that the owner's and the waiter's
-/// stacks move a pointer instead of the value (a debug build moves a
-/// result a dozen times on its way; see `PinnedWorker::MAX_RESULT`).
-enum Carrier<R> {
-    Inline(Arc<Slot<R>>),
-    Boxed(Arc<Slot<Box<R>>>),
-}
-
-/// Results larger than this travel boxed.
-pub(crate) const BOX_PAST: usize = 1024;
-
-impl<R> Carrier<R> {
-    fn is_done(&self) -> bool {
-        match self {
-            Carrier::Inline(s) => s.is_done(),
-            Carrier::Boxed(s) => s.is_done(),
-        }
-    }
-
-    fn cancel(&self) -> bool {
-        match self {
-            Carrier::Inline(s) => s.cancel(),
-            Carrier::Boxed(s) => s.cancel(),
-        }
-    }
-
-    fn worker(&self) -> u64 {
-        match self {
-            Carrier::Inline(s) => s.worker,
-            Carrier::Boxed(s) => s.worker,
-        }
-    }
-
-    fn wait_until(&self, spin: Duration, deadline: Option<Instant>) -> bool {
-        match self {
-            Carrier::Inline(s) => s.wait_until(spin, deadline),
-            Carrier::Boxed(s) => s.wait_until(spin, deadline),
-        }
-    }
-
-    fn register(&self, waker: &Waker) -> bool {
-        match self {
-            Carrier::Inline(s) => s.register(waker),
-            Carrier::Boxed(s) => s.register(waker),
-        }
-    }
-
-    /// The outcome, once done was seen.
-    fn take(&self) -> Result<R, Error> {
-        match self {
-            Carrier::Inline(s) => s.take(),
-            Carrier::Boxed(s) => s.take().map(|b| *b),
-        }
-    }
-}
-
-struct ThreadWaker(Thread);
+/// Wakes a parked thread.
+pub(crate) struct ThreadWaker(pub(crate) Thread);
 
 impl Wake for ThreadWaker {
     fn wake(self: Arc<Self>) {
@@ -294,257 +271,6 @@ impl Wake for ThreadWaker {
         self.0.unpark();
     }
 }
-
-/// The caller's side of a job given to [`submit`](crate::PinnedWorker::submit):
-/// wait for it, poll it, or `.await` it (any executor; no runtime needed).
-///
-/// Dropping a ticket (or a future awaiting it) before the job started
-/// cancels the job: it will never run.
-///
-/// Polled on a worker's owner thread (a job blocking on it with a nested
-/// `block_on`), a ticket counts as that owner waiting on the ticket's
-/// worker until it resolves or the job returns; a poll that would close a
-/// cycle of owners waiting on each other resolves to
-/// [`Error::Reentrant`] (the job is cancelled if it had not started), even
-/// if the job meant to poll only once.
-///
-/// Awaited, its first poll spins briefly (the worker's
-/// [`spin`](crate::Builder::spin), at most [`Ticket::POLL_SPIN`]) before it
-/// registers the waker: a job that completes within a hand-off's time is
-/// then returned without parking and waking the executor's thread, which
-/// costs tens of µs on a VM.
-///
-/// ```
-/// use pinned_ffi::PinnedWorker;
-/// let worker = PinnedWorker::builder().spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
-/// let ticket = worker.submit(|n: &mut u64| { *n += 1; *n })?;
-/// assert_eq!(ticket.wait()?, 1);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[must_use = "dropping a ticket cancels its job if it has not started"]
-pub struct Ticket<R> {
-    slot: Option<Carrier<R>>,
-    /// While awaited from an owner thread: that owner's wait on the job's
-    /// worker, for the deadlock detector.
-    waiting: Option<Waiting>,
-    spin: Duration,
-    polled: bool,
-}
-
-impl<R> std::fmt::Debug for Ticket<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ticket").field("done", &self.is_done()).finish()
-    }
-}
-
-impl<R> Ticket<R> {
-    pub(crate) fn new(slot: Arc<Slot<R>>, spin: Duration) -> Self {
-        Ticket {
-            slot: Some(Carrier::Inline(slot)),
-            waiting: None,
-            spin,
-            polled: false,
-        }
-    }
-
-    /// A ticket whose result travels boxed (see [`BOX_PAST`]).
-    pub(crate) fn boxed(slot: Arc<Slot<Box<R>>>, spin: Duration) -> Self {
-        Ticket {
-            slot: Some(Carrier::Boxed(slot)),
-            waiting: None,
-            spin,
-            polled: false,
-        }
-    }
-
-    /// The longest a ticket's first poll spins on the executor's thread.
-    pub const POLL_SPIN: Duration = Duration::from_micros(3);
-
-    fn slot(&self) -> &Carrier<R> {
-        self.slot
-            .as_ref()
-            .expect("ticket used after its outcome was taken")
-    }
-
-    /// Whether the outcome is ready (`wait` would not block).
-    ///
-    /// ```
-    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
-    /// let t = w.submit(|n| *n)?;
-    /// while !t.is_done() { std::thread::yield_now(); }
-    /// assert_eq!(t.wait()?, 0);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn is_done(&self) -> bool {
-        self.slot.as_ref().is_some_and(|s| s.is_done())
-    }
-
-    /// Records a blocking wait on this ticket's worker (see
-    /// [`waits`](crate::waits)); when that wait could never end, cancels
-    /// the job if it has not started and gives [`Error::Reentrant`].
-    fn begin_wait(&self) -> Result<Waiting, Error> {
-        waits::begin(self.slot().worker()).inspect_err(|_| {
-            self.slot().cancel();
-        })
-    }
-
-    /// Blocks until the job's outcome is ready.
-    ///
-    /// # Errors
-    /// The job's error ([`Error::Panicked`], [`Error::Shutdown`], ...);
-    /// [`Error::Reentrant`] when the wait could never end: called from the
-    /// owner thread of the worker that would run it, or closing a cycle of
-    /// owners waiting on each other (see [`Error::Reentrant`]); the job is
-    /// cancelled if it had not started.
-    ///
-    /// ```
-    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
-    /// assert_eq!(w.submit(|n| *n + 2)?.wait()?, 2);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn wait(mut self) -> Result<R, Error> {
-        let _waiting = if self.is_done() {
-            None
-        } else {
-            Some(self.begin_wait()?)
-        };
-        let slot = self.slot.take().expect("ticket already spent");
-        slot.wait_until(self.spin, None);
-        slot.take()
-    }
-
-    /// Like [`wait`](Self::wait) with a time limit. On time-out the job is
-    /// cancelled if it has not started (it will never run):
-    /// `Error::TimedOut { started: false }`; if it had started it runs to
-    /// completion and its result is discarded: `TimedOut { started: true }`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use pinned_ffi::{Error, PinnedWorker};
-    /// let w = PinnedWorker::builder().spawn(|| Ok::<_, std::convert::Infallible>(()))?;
-    /// let slow = w.submit(|_| std::thread::sleep(Duration::from_millis(100)))?;
-    /// let queued = w.submit(|_| unreachable!("cancelled before it started"))?;
-    /// assert_eq!(queued.wait_timeout(Duration::from_millis(1)), Err(Error::TimedOut { started: false }));
-    /// slow.wait()?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    ///
-    /// # Errors
-    /// As [`wait`](Self::wait), plus [`Error::TimedOut`].
-    pub fn wait_timeout(self, timeout: Duration) -> Result<R, Error> {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.wait_deadline(deadline),
-            None => self.wait(), // a deadline past the clock's range never comes
-        }
-    }
-
-    /// Like [`wait_timeout`](Self::wait_timeout) with a deadline.
-    ///
-    /// # Errors
-    /// As [`wait_timeout`](Self::wait_timeout).
-    ///
-    /// ```
-    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
-    /// let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    /// assert_eq!(w.submit(|n| *n)?.wait_deadline(deadline)?, 0);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn wait_deadline(mut self, deadline: Instant) -> Result<R, Error> {
-        let _waiting = if self.is_done() {
-            None
-        } else {
-            Some(self.begin_wait()?)
-        };
-        let slot = self.slot.take().expect("ticket already spent");
-        if slot.wait_until(self.spin, Some(deadline)) {
-            return slot.take();
-        }
-        let started = !slot.cancel();
-        Err(Error::TimedOut { started })
-    }
-
-    /// The outcome if it is ready, else the ticket back.
-    ///
-    /// # Errors
-    /// `Err(ticket)` when the job has not finished yet.
-    ///
-    /// ```
-    /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
-    /// let mut t = w.submit(|n| *n + 1)?;
-    /// let value = loop {
-    ///     match t.try_get() {
-    ///         Ok(outcome) => break outcome?,
-    ///         Err(again) => t = again,
-    ///     }
-    /// };
-    /// assert_eq!(value, 1);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    ///
-    /// # Panics
-    /// If the outcome was already taken (the ticket was awaited to the
-    /// end), as [`wait`](Self::wait) does.
-    pub fn try_get(mut self) -> Result<Result<R, Error>, Ticket<R>> {
-        assert!(self.slot.is_some(), "ticket used after its outcome was taken");
-        if self.is_done() {
-            Ok(self.slot.take().expect("checked above").take())
-        } else {
-            Err(self)
-        }
-    }
-}
-
-impl<R> Drop for Ticket<R> {
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            slot.cancel();
-        }
-    }
-}
-
-impl<R> Future for Ticket<R> {
-    type Output = Result<R, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let spin = if this.polled {
-            Duration::ZERO
-        } else {
-            this.spin.min(Self::POLL_SPIN)
-        };
-        this.polled = true;
-        let slot = this.slot.as_ref().expect("Ticket polled after completion");
-        if !slot.is_done() {
-            // Polled on an owner thread (by a nested `block_on`, say): that
-            // owner now waits on the job's worker until the ticket resolves
-            // or its own job ends.
-            // Record it, and refuse a wait that could never end (on its own
-            // worker, or closing a cycle of owners).
-            let me = waits::current();
-            if me.is_some() && this.waiting.as_ref().and_then(Waiting::waiter) != me {
-                match waits::begin_polled(slot.worker()) {
-                    Ok(w) => this.waiting = Some(w),
-                    Err(e) => {
-                        slot.cancel();
-                        this.slot = None;
-                        this.waiting = None;
-                        return Poll::Ready(Err(e));
-                    }
-                }
-            }
-        }
-        if spin_until_done(|| slot.is_done(), spin, None) || slot.register(cx.waker()) {
-            let slot = this.slot.take().expect("checked above");
-            this.waiting = None;
-            return Poll::Ready(slot.take());
-        }
-        Poll::Pending
-    }
-}
-
-// A Ticket holds no R until it is taken, and never gives out references
-// into the slot, so moving it is fine.
-impl<R> Unpin for Ticket<R> {}
 
 /// Model checks of the slot's protocol under every interleaving loom finds.
 #[cfg(all(test, pinned_loom))]
@@ -589,7 +315,7 @@ mod loom_tests {
                     }
                 })
             };
-            let cancelled = s.cancel();
+            let cancelled = s.cancel().is_some();
             let ran = owner.join().unwrap();
             assert_ne!(cancelled, ran, "exactly one of cancel and start wins");
             if ran {

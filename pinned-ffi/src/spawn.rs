@@ -31,7 +31,9 @@ impl Builder {
         E: std::fmt::Display + Send + 'static,
         F: FnMut() -> Result<S, E> + Send + 'static,
     {
-        let (tx, rx) = channel::bounded(self.capacity);
+        // Unbounded: the queue's bound is the worker's `Room`.
+        let (tx, rx) = channel::unbounded();
+        let handle_rx = rx.clone();
         let (release_tx, release_rx) = channel::unbounded();
         let mailboxes = Mailboxes::new();
         let owner_mailboxes = Arc::clone(&mailboxes);
@@ -79,6 +81,7 @@ impl Builder {
                 Ok(PinnedWorker {
                     shared,
                     tx,
+                    rx: handle_rx,
                     releases: release_tx,
                     mailboxes,
                     _state: PhantomData,

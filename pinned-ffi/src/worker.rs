@@ -18,7 +18,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{self as channel, Sender};
+use std::task::Waker;
+
+use crossbeam_channel::{self as channel, Receiver, Sender};
 use crossbeam_utils::CachePadded;
 
 use crate::error::{Error, TrySubmitError};
@@ -29,7 +31,8 @@ use crate::lane::Lane;
 use crate::mailbox::Mailboxes;
 use crate::metrics::MetricsSnapshot;
 use crate::shared::{InFlight, Shared};
-use crate::slot::{Slot, Ticket, BOX_PAST};
+use crate::slot::{Slot, ThreadWaker};
+use crate::ticket::{Ticket, BOX_PAST};
 use crate::unwind::AbortOnUnwind;
 use crate::waits;
 
@@ -82,6 +85,9 @@ pub(crate) enum Refused {
 pub struct PinnedWorker<S> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) tx: Sender<Msg<S>>,
+    /// The queue's other end, for a close whose deadline passed: it answers
+    /// what is still queued itself rather than wait for the owner.
+    pub(crate) rx: Receiver<Msg<S>>,
     pub(crate) releases: Sender<u64>,
     pub(crate) mailboxes: Arc<Mailboxes<Lane<OwnerState<S>>>>,
     pub(crate) _state: PhantomData<fn() -> S>,
@@ -122,49 +128,77 @@ impl<S: 'static> PinnedWorker<S> {
         Ok(guard)
     }
 
+    /// Admits `msg` to the queue: takes a place in it (waiting as `wait`
+    /// allows), then sends. The channel is unbounded; its bound is the
+    /// worker's [`Room`](crate::room::Room), so a job whose caller gave up
+    /// holds no place.
     pub(crate) fn enqueue(&self, msg: Msg<S>, wait: Wait) -> Result<(), (Msg<S>, Refused)> {
         let _flight = match self.enter() {
             Ok(g) => g,
             Err(e) => return Err((msg, Refused::Err(e))),
         };
-        // Try first: only a full queue makes this a wait on the owner.
-        crate::sync::channel_send();
-        let msg = match self.tx.try_send(msg) {
-            Ok(()) => {
-                self.shared.bell.ring_after_send();
-                return Ok(());
+        if !self.shared.room.try_take() {
+            if let Wait::No = wait {
+                return Err((msg, Refused::Full));
             }
-            Err(channel::TrySendError::Disconnected(m)) => {
-                return Err((m, Refused::Err(self.shared.refusal())))
+            // Waiting for room that could never come (from the worker's own
+            // owner thread, whose loop is what makes room, or from an owner
+            // this worker's owner waits on) is refused; other waits are
+            // recorded while they last.
+            let _waiting = match waits::begin(self.shared.id) {
+                Ok(w) => w,
+                Err(e) => return Err((msg, Refused::Err(e))),
+            };
+            if let Err(why) = self.wait_for_room(wait) {
+                return Err((msg, why));
             }
-            Err(channel::TrySendError::Full(m)) => m,
-        };
-        if let Wait::No = wait {
-            return Err((msg, Refused::Full));
         }
-        // Waiting for room that could never come (from the worker's own
-        // owner thread, whose loop is what makes room, or from an owner
-        // this worker's owner waits on) is refused; other waits are
-        // recorded while they last.
-        let _waiting = match waits::begin(self.shared.id) {
-            Ok(w) => w,
-            Err(e) => return Err((msg, Refused::Err(e))),
-        };
-        let sent = match wait {
-            Wait::Until(d) => self.tx.send_deadline(msg, d).map_err(|e| match e {
-                channel::SendTimeoutError::Timeout(m) => (m, false),
-                channel::SendTimeoutError::Disconnected(m) => (m, true),
-            }),
-            Wait::Block | Wait::No => self.tx.send(msg).map_err(|e| (e.0, true)),
-        };
-        match sent {
+        // A place is held, and the channel never fills.
+        crate::sync::channel_send();
+        match self.tx.send(msg) {
             Ok(()) => {
                 self.shared.bell.ring_after_send();
                 Ok(())
             }
-            Err((m, true)) => Err((m, Refused::Err(self.shared.refusal()))),
-            Err((m, false)) => Err((m, Refused::Full)),
+            Err(channel::SendError(m)) => {
+                let _ = self.shared.room.give_back();
+                Err((m, Refused::Err(self.shared.refusal())))
+            }
         }
+    }
+
+    /// Parks in line until a place is this caller's (`Ok`), the deadline
+    /// passes (`Full`) or the worker refuses work (it closed: the closer
+    /// wakes the line).
+    fn wait_for_room(&self, wait: Wait) -> Result<(), Refused> {
+        let room = &self.shared.room;
+        let me = room.waiter();
+        let waker = Waker::from(Arc::new(ThreadWaker(crate::sync::current())));
+        let deadline = match wait {
+            Wait::Until(d) => Some(d),
+            Wait::Block | Wait::No => None,
+        };
+        let outcome = loop {
+            room.wait_in_line(&me, &waker);
+            if let Err(e) = self.refuses() {
+                break Err(Refused::Err(e));
+            }
+            if room.try_take() {
+                break Ok(());
+            }
+            match deadline {
+                None => crate::sync::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break Err(Refused::Full);
+                    }
+                    crate::sync::park_timeout(d - now);
+                }
+            }
+        };
+        let _ = room.leave(&me);
+        outcome
     }
 
     /// When to stamp a job for the latency histograms: every
@@ -239,7 +273,7 @@ impl<S: 'static> PinnedWorker<S> {
         G: FnOnce(&mut OwnerState<S>) -> R + Send + 'a,
         R: Send + 'a,
     {
-        if self.tx.is_empty() {
+        if self.queue_is_empty() {
             // Posts are not counted in flight (two locked RMWs on a line
             // every caller writes); `Owner::taking` covers a close instead.
             self.refuses()?;
@@ -413,12 +447,13 @@ impl<S: 'static> PinnedWorker<S> {
             return Err(TrySubmitError::Refused(f, e));
         }
         let spin = self.shared.config.spin;
+        let shared = || Arc::clone(&self.shared);
         if std::mem::size_of::<R>() > BOX_PAST {
             self.submit_job(f, call_state_boxed::<S, R, F>, wait)
-                .map(|slot| Ticket::boxed(slot, spin))
+                .map(|slot| Ticket::boxed(slot, spin, shared()))
         } else {
             self.submit_job(f, call_state::<S, R, F>, wait)
-                .map(|slot| Ticket::new(slot, spin))
+                .map(|slot| Ticket::new(slot, spin, shared()))
         }
     }
 
@@ -434,7 +469,7 @@ impl<S: 'static> PinnedWorker<S> {
         F: Send + 'static,
         T: Send + 'static,
     {
-        let slot = Arc::new(Slot::new(self.shared.id));
+        let slot = Arc::new(Slot::queued(self.shared.id));
         let job = Box::new(JobImpl::new(f, call, Arc::clone(&slot), self.stamp()));
         match self.enqueue(Msg::Job(job), wait) {
             Ok(()) => Ok(slot),
@@ -480,7 +515,7 @@ impl<S: 'static> PinnedWorker<S> {
     /// ```
     /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
     /// assert!(!w.is_closed());
-    /// w.close();
+    /// w.close()?;
     /// assert!(w.is_closed());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -488,7 +523,10 @@ impl<S: 'static> PinnedWorker<S> {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Jobs waiting in the queue now.
+    /// Jobs waiting in the queue now, each holding one of its
+    /// [`capacity`](crate::Builder::capacity) places. A job whose caller
+    /// gave up (a dropped ticket, a deadline) is not counted: its place is
+    /// free at once, though the owner skips it only when it gets there.
     ///
     /// ```
     /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;
@@ -496,12 +534,12 @@ impl<S: 'static> PinnedWorker<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn queue_len(&self) -> usize {
-        self.tx.len()
+        self.shared.room.used()
     }
 
-    /// Whether the queue is empty (cheaper than `queue_len() == 0`).
+    /// Whether no job holds a place in the queue.
     pub(crate) fn queue_is_empty(&self) -> bool {
-        self.tx.is_empty()
+        self.shared.room.used() == 0
     }
 
     /// The Linux thread id (`gettid`) of the current owner thread; it
@@ -526,6 +564,12 @@ impl<S: 'static> PinnedWorker<S> {
     /// ```
     pub fn metrics(&self) -> MetricsSnapshot {
         let s = &self.shared;
-        MetricsSnapshot::read(&s.name, &s.counters, self.tx.len(), &s.queue_wait, &s.run_time)
+        let mut m = MetricsSnapshot::read(&s.name, &s.counters, s.room.used(), &s.queue_wait, &s.run_time);
+        // ORDERING: statistics.
+        let by_closer = s.rejected_by_closer.load(Ordering::Relaxed);
+        m.rejected += by_closer;
+        m.failed += by_closer;
+        m.contained_panics += s.contained_by_closer.load(Ordering::Relaxed);
+        m
     }
 }

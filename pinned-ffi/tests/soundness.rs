@@ -123,14 +123,14 @@ fn spin_windows_and_timeouts_past_the_clocks_range_neither_panic_nor_unwind_a_wa
                 .map_err(|e| e.to_string())
                 .unwrap();
             assert_eq!(t.wait_timeout(Duration::MAX), Ok(60));
-            assert_eq!(w.close_timeout(Duration::MAX), 0);
+            assert_eq!(w.close_timeout(Duration::MAX).map(|r| r.shut_down), Ok(0));
         }
         let pool = Pool::builder(2)
             .worker(PinnedWorker::builder().spin(Duration::MAX))
             .spawn(Ok::<_, std::convert::Infallible>)
             .unwrap();
         assert_eq!(pool.run(|i| *i + 1).map(|i| i > 0), Ok(true));
-        assert_eq!(pool.close_timeout(Duration::MAX), 0);
+        assert_eq!(pool.close_timeout(Duration::MAX).map(|r| r.shut_down), Ok(0));
     });
 }
 
@@ -170,7 +170,7 @@ fn a_panic_payload_whose_destructor_panics_is_dropped_once_on_every_road() {
             20,
             "each payload's panic was caught and counted"
         );
-        w.close();
+        w.close().unwrap();
     });
 }
 
@@ -191,7 +191,7 @@ fn a_close_racing_a_first_call_answers_closed_never_stopped() {
             if i % 2 == 0 {
                 std::thread::yield_now();
             }
-            w.close();
+            w.close().unwrap();
             match caller.join().unwrap() {
                 Ok(0) | Err(Error::Closed) => {}
                 other => panic!("round {i}: {other:?}"),
@@ -352,7 +352,7 @@ fn a_reinit_that_keeps_failing_starts_few_threads_and_answers_every_job() {
                 other => panic!("the worker heals once init works again: {other:?}"),
             }
         }
-        w.close();
+        w.close().unwrap();
     });
 }
 
@@ -494,12 +494,15 @@ fn a_close_that_could_never_wait_returns_and_the_owner_exits_by_itself() {
         let w = Arc::new(worker());
         let inner = Arc::clone(&w);
         let queued: Vec<_> = (0..3).map(|_| w.submit(|n| *n + 1).unwrap()).collect();
-        assert_eq!(w.run(move |_| inner.close()), Ok(()));
+        assert_eq!(w.run(move |_| inner.close()), Ok(Err(Error::Reentrant)));
         for t in queued {
             assert!(t.wait().is_ok(), "what was accepted still runs");
         }
         assert_eq!(w.run(|n| *n), Err(Error::Closed));
-        assert_eq!(w.close_timeout(Duration::from_secs(5)), 0);
+        assert_eq!(
+            w.close_timeout(Duration::from_secs(5)).map(|r| r.shut_down),
+            Ok(0)
+        );
 
         // A's job closes (drops) B while B's job waits on A: neither hangs.
         let a = Arc::new(worker());

@@ -69,7 +69,7 @@ fn exercise(driver: Arc<Driver>) {
     thread::spawn(move || drop(buf)).join().unwrap();
     pool.worker(0).run(|_| ()).unwrap(); // the release is processed in order
     assert_eq!(*freed_on.lock().unwrap(), Some(owner));
-    pool.close();
+    pool.close().unwrap();
 }
 
 #[test]

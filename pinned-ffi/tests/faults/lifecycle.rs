@@ -111,7 +111,7 @@ pub(crate) fn case_reinit_panics(payload_bomb: bool) {
     assert_serves(&w, what);
     let m = w.metrics();
     assert_eq!((calls.load(SeqCst), m.reinits), (3, 2), "{what}: {m}");
-    w.close();
+    w.close().unwrap();
     let expected = u64::from(payload_bomb);
     assert_eq!(w.metrics().contained_panics, expected, "{what}: {}", w.metrics());
     assert_eq!(fuse.blasts() as u64, expected, "{what}");
@@ -169,7 +169,7 @@ pub(crate) fn case_breaker_reinit(policy: PanicPolicy) {
     assert_eq!(until_served(&w, &what), 3, "{what}");
     assert_serves(&w, &what);
     assert_eq!(w.metrics().reinits, 2, "{what}");
-    w.close();
+    w.close().unwrap();
     assert_eq!(
         w.metrics().contained_panics,
         2,
@@ -204,15 +204,15 @@ pub(crate) fn case_state_drop_at_close(policy: PanicPolicy) {
             drop(w); // closes
         } else {
             if how == "close" {
-                w.close();
+                w.close().unwrap();
             } else {
-                assert_eq!(w.close_timeout(LONG), 0, "{what}");
+                assert_eq!(w.close_timeout(LONG).map(|r| r.shut_down), Ok(0), "{what}");
             }
             let m = w.metrics();
             assert_eq!(m.contained_panics, 1, "{what}: {m}");
             assert!(w.is_closed(), "{what}");
             assert_eq!(w.run(|s| s.n), Err(Error::Closed), "{what}");
-            w.close(); // idempotent
+            w.close().unwrap(); // idempotent
         }
         assert_eq!(fuse.blasts(), 1, "{what}: the state was dropped once");
         assert_eq!(fuse.tids(), vec![tid], "{what}: on its owner thread");
@@ -242,7 +242,7 @@ pub(crate) fn case_state_drop_at_reinit() {
     assert_ne!(new_tid, tid);
     assert_serves(&w, "after re-init");
     assert_eq!(w.metrics().reinits, 1);
-    w.close();
+    w.close().unwrap();
     assert_eq!(w.metrics().contained_panics, 2, "{}", w.metrics());
     assert_eq!(fuse.tids(), vec![tid, new_tid]);
     assert_eq!(fuse.off_owner(), 0);
@@ -293,7 +293,7 @@ pub(crate) fn case_bound_drop(policy: PanicPolicy) {
         })
         .expect("bind"),
     );
-    w.close();
+    w.close().unwrap();
     assert_eq!(
         w.metrics().contained_panics,
         3,
@@ -332,7 +332,7 @@ pub(crate) fn case_bound_drop_at_reinit() {
     assert_eq!(fuse.tids(), vec![tid], "on the old owner thread");
     drop(bomb); // already gone: nothing to drop
     assert_serves(&w, "after re-init");
-    w.close();
+    w.close().unwrap();
     assert_eq!(w.metrics().contained_panics, 1, "{}", w.metrics());
     assert_eq!((fuse.blasts(), fuse.off_owner()), (1, 0));
 }

@@ -454,9 +454,9 @@ pub(crate) fn run_round(round: &Round, callers: u64, ops: u64) {
             .spawn_scoped(s, move || {
                 wait_for_ops(close_at);
                 if round.close_timeout {
-                    w.close_timeout(close_timeout);
+                    w.close_timeout(close_timeout).unwrap();
                 } else {
-                    w.close();
+                    w.close().unwrap();
                 }
             })
             .expect("spawn a closer");
@@ -464,7 +464,7 @@ pub(crate) fn run_round(round: &Round, callers: u64, ops: u64) {
             .name("fclose-2".into())
             .spawn_scoped(s, move || {
                 wait_for_ops(close_at + 1);
-                w.close();
+                w.close().unwrap();
             })
             .expect("spawn a closer");
         let records = handles
@@ -475,7 +475,7 @@ pub(crate) fn run_round(round: &Round, callers: u64, ops: u64) {
         second.join().expect("the second closer panicked");
         records
     });
-    w.close();
+    w.close().unwrap();
     let m: MetricsSnapshot = w.metrics();
     let what = format!("round {} ({round:?}): {m}", round.name);
     let bad: Vec<String> = records.iter().filter_map(|r| r.check(round).err()).collect();
