@@ -137,8 +137,13 @@ impl Builder {
     /// (256 KiB): room for the hand-off's own frames and the largest
     /// closure and result it admits, in a debug build too.
     pub const MIN_STACK: usize = 256 << 10;
-    /// Queue capacity (default 1024, at least 1): `submit` blocks and
-    /// `try_submit` gives the job back when this many are waiting.
+    /// Queue capacity (default 1024, at least 1): `submit` blocks,
+    /// `submit_async` waits and `try_submit` gives the job back when this
+    /// many are waiting. A job whose caller gave up (a dropped ticket, a
+    /// passed deadline) frees its place at once; it stays in memory until
+    /// the owner reaches and skips it, and while more than four per place
+    /// are waiting to be skipped, admission waits as if the queue were
+    /// full (which bounds that memory).
     #[must_use = "a builder method returns the changed builder"]
     pub fn capacity(mut self, jobs: usize) -> Self {
         self.capacity = jobs.max(1);

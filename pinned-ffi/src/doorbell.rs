@@ -52,6 +52,21 @@ impl Doorbell {
         *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(owner);
     }
 
+    /// The owner thread is leaving: no producer unparks it from now on (a
+    /// late unpark, from a producer that saw `sleeping` before the owner
+    /// woke, is harmless to a thread blocked on a lock, but loom cannot
+    /// model it). A `try_lock` loop, because a producer may hold the lock
+    /// while it unparks us, and blocking on it would be that case again.
+    pub(crate) fn clear_owner(&self) {
+        loop {
+            if let Ok(mut owner) = self.owner.try_lock() {
+                *owner = None;
+                return;
+            }
+            sync::yield_now();
+        }
+    }
+
     /// Producer, after sending on one of the owner's queues.
     #[inline]
     pub(crate) fn ring_after_send(&self) {

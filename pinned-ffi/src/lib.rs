@@ -49,9 +49,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod admit;
 mod bound;
 mod close;
 mod config;
+mod deadline;
 mod doorbell;
 mod error;
 mod job;
@@ -71,6 +73,7 @@ mod spin;
 mod sync;
 pub mod threads;
 mod ticket;
+mod timer;
 mod unwind;
 mod waits;
 mod watch;
@@ -79,6 +82,7 @@ mod worker;
 pub use bound::Bound;
 pub use close::CloseReport;
 pub use config::{Breaker, Builder, PanicPolicy};
+pub use deadline::DeadlineError;
 pub use error::{Error, SpawnError, TrySubmitError};
 pub use labels::with_label;
 pub use metrics::{MetricsSnapshot, Summary};

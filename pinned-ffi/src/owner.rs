@@ -409,6 +409,7 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
         let _span = job.span(&shared).entered();
         // Counted before the caller sees the outcome, so a caller that
         // reads the metrics right after finds its job in them.
+        let mut woken = 0;
         let mut tally = |outcome| match outcome {
             RunOutcome::Done => {
                 Counters::bump(&c.completed);
@@ -422,11 +423,14 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
                 if shared.config.panic_policy == PanicPolicy::Stop {
                     shared.stopped.store(true, Ordering::Release);
                     shared.closed.store(true, Ordering::SeqCst);
+                    // Waiters for room are refused now (every other
+                    // closer wakes them too).
+                    woken += shared.room.wake_all();
                 }
             }
         };
         let handling = job.run(o, &mut tally);
-        core.contained(handling.contained);
+        core.contained(handling.contained + woken);
         if handling.outcome == RunOutcome::Panicked {
             if core.breaker_trips() {
                 continue; // state stays until the cooldown's re-init
@@ -458,8 +462,6 @@ fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
     // before the mailbox scans below (see `Owner::taking`).
     shared.closed.store(true, Ordering::SeqCst);
     crate::sync::fence(Ordering::SeqCst);
-    let woken = shared.room.wake_all(); // waiters for room: refused now
-    core.contained(woken);
     loop {
         let idle = shared.inflight.fetch_add(0, Ordering::SeqCst) == 0;
         while let Ok(msg) = core.rx.try_recv() {

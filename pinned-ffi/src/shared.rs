@@ -200,6 +200,7 @@ impl Shared {
     }
 
     pub(crate) fn mark_exited(&self) {
+        self.bell.clear_owner();
         *self.exited.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.exit_cv.notify_all();
     }

@@ -300,6 +300,22 @@ mod loom_tests {
     }
 
     #[test]
+    fn loom_exactly_one_of_cancel_and_dequeue_frees_the_place() {
+        loom::model(|| {
+            let s = Arc::new(Slot::<u64>::queued(0));
+            let owner = {
+                let s = Arc::clone(&s);
+                loom::thread::spawn(move || s.dequeue())
+            };
+            let cancelled = s.cancel();
+            let dequeued = owner.join().unwrap();
+            assert_eq!(cancelled.map(|_| ()), Some(()), "nothing had started");
+            let frees = usize::from(cancelled == Some(true)) + usize::from(dequeued == Dequeued::Held);
+            assert_eq!(frees, 1, "{cancelled:?} {dequeued:?}");
+        });
+    }
+
+    #[test]
     fn loom_cancel_and_start_exclude_each_other() {
         loom::model(|| {
             let s = slot();

@@ -245,6 +245,12 @@ impl<R> Ticket<R> {
         Err(Error::TimedOut { started })
     }
 
+    /// Gives up on the job now: `true` if it had not started (it never
+    /// will, and its place in the queue is free).
+    pub(crate) fn withdraw(mut self) -> bool {
+        self.slot.take().is_some_and(|s| cancel(&s, &self.worker))
+    }
+
     /// Lets the job run without anyone waiting for it: fire and forget.
     /// Unlike dropping the ticket, which cancels a job that has not
     /// started, a detached job runs (unless the worker shuts down first).
