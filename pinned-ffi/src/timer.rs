@@ -96,7 +96,9 @@ impl Future for Sleep {
         }
         let t = timers();
         // ORDERING: only uniqueness matters.
-        let id = *self.id.get_or_insert_with(|| NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = *self
+            .id
+            .get_or_insert_with(|| NEXT.fetch_add(1, Ordering::Relaxed));
         let mut due = t.due.lock().unwrap_or_else(|e| e.into_inner());
         let earliest = due.keys().next().is_none_or(|k| k.0 > self.deadline);
         match due.get_mut(&(self.deadline, id)) {

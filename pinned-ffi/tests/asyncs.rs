@@ -84,17 +84,18 @@ fn call_works_under_a_second_executor_with_many_tasks_waiting_for_room() {
         let spawner = pool.spawner();
         for i in 0..20u64 {
             let (w, done) = (Arc::clone(&w), Arc::clone(&done));
-            spawner.spawn_local(async move {
-                let got = w
-                    .call(move |n| {
-                        *n += 1;
-                        i
-                    })
-                    .await;
-                assert_eq!(got, Ok(i));
-                done.fetch_add(1, Ordering::SeqCst);
-            })
-            .unwrap();
+            spawner
+                .spawn_local(async move {
+                    let got = w
+                        .call(move |n| {
+                            *n += 1;
+                            i
+                        })
+                        .await;
+                    assert_eq!(got, Ok(i));
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+                .unwrap();
         }
         pool.run_until_stalled(); // all 20 queued or in line; none blocked the thread
         assert_eq!(w.queue_len(), 2, "the queue is full, the rest wait in line");
@@ -125,14 +126,20 @@ fn a_dropped_submit_async_gives_up_its_place_in_line_and_runs_nothing() {
         // A waker that records its wake, for the second in line.
         let woken = Arc::new(Flag::default());
         let waker = Waker::from(Arc::clone(&woken));
-        assert!(second.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        assert!(second
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
         drop(first); // gives up: nothing of it may run
         release.send(()).unwrap(); // the owner frees the place...
         busy.wait().unwrap();
         // ...and the wake goes to the second in line, not to the dropped one.
         let t0 = std::time::Instant::now();
         while !woken.0.load(Ordering::SeqCst) {
-            assert!(t0.elapsed() < Duration::from_secs(10), "the second waiter was never woken");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the second waiter was never woken"
+            );
             std::thread::yield_now();
         }
         let ticket = match second.as_mut().poll(&mut noop_cx()) {
@@ -237,7 +244,10 @@ fn callers_blocked_on_a_full_queue_are_refused_when_it_closes() {
                 std::thread::spawn(move || w.submit(|_| ()).map(|_| ()))
             })
             .collect();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
         let waiting_async = {
             let w = Arc::clone(&w);
             rt.spawn(async move { w.submit_async(|_| ()).await.map(|_| ()) })

@@ -175,7 +175,10 @@ fn close_timeout_returns_at_its_deadline_while_a_job_runs() {
             assert_eq!(t.wait(), Err(Error::Shutdown));
         }
         assert_eq!(blocked.join().unwrap(), Err(Error::Shutdown));
-        assert!(!finished.load(Ordering::SeqCst), "answered before the running job ended");
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "answered before the running job ended"
+        );
         assert!(
             threads::thread_names().is_none_or(|n| n.iter().any(|n| n == "long-job")),
             "the owner thread is still there"
@@ -185,7 +188,10 @@ fn close_timeout_returns_at_its_deadline_while_a_job_runs() {
         assert_eq!(long.wait(), Ok(()));
         let t0 = Instant::now();
         while dropped_on.lock().unwrap().is_none() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "the state was never dropped");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the state was never dropped"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(*dropped_on.lock().unwrap(), Some(owner));
