@@ -96,7 +96,8 @@ impl<S: 'static> Core<S> {
     fn next_event(&mut self) -> Event<S> {
         loop {
             let (rx, releases) = (&self.rx, &self.releases);
-            if let Some(event) = self.shared.bell.take_queued(|| poll_queues(rx, releases)) {
+            let shared = &self.shared;
+            if let Some(event) = self.shared.bell.take_queued(|| poll_queues(rx, releases, shared)) {
                 return event;
             }
             // Spin (its first round is an immediate look): a post is taken
@@ -214,7 +215,16 @@ pub(crate) fn took<S>(shared: &Shared, msg: &Msg<S>) -> u32 {
 }
 
 /// Takes the next queued message or release, if any.
-pub(crate) fn poll_queues<S>(rx: &Receiver<Msg<S>>, releases: &Receiver<u64>) -> Option<Event<S>> {
+pub(crate) fn poll_queues<S>(
+    rx: &Receiver<Msg<S>>,
+    releases: &Receiver<u64>,
+    shared: &Shared,
+) -> Option<Event<S>> {
+    // Releases first: a value dropped before a job was queued is freed
+    // before that job runs.
+    if let Some(id) = take_release(releases, shared) {
+        return Some(Event::Release(id));
+    }
     match rx.try_recv() {
         Ok(m) => {
             crate::sync::channel_recv();
@@ -223,9 +233,36 @@ pub(crate) fn poll_queues<S>(rx: &Receiver<Msg<S>>, releases: &Receiver<u64>) ->
         Err(TryRecvError::Disconnected) => return Some(Event::Disconnected),
         Err(TryRecvError::Empty) => {}
     }
+    None
+}
+
+/// Takes one owner-bound value's release, if any.
+fn take_release(releases: &Receiver<u64>, shared: &Shared) -> Option<u64> {
     let id = releases.try_recv().ok()?;
     crate::sync::channel_recv();
-    Some(Event::Release(id))
+    // ORDERING: see `Bound::drop`; only a count of what is in the channel.
+    shared.releases_pending.fetch_sub(1, Ordering::Relaxed);
+    Some(id)
+}
+
+/// Frees every owner-bound value whose handle was dropped so far: run
+/// before each job, so a handle dropped before a job was submitted (by any
+/// thread, in happens-before order) has its value freed before the job
+/// runs, however busy the queue. Returns the panics contained.
+fn release_pending<S>(releases: &Receiver<u64>, shared: &Shared, owner: Option<&mut OwnerState<S>>) -> u32 {
+    // ORDERING: Acquire pairs with `Bound::drop`'s Release increment, which
+    // follows its send: a drop that happened before the job this owner
+    // just took (the take is an Acquire of the job's publication) is seen
+    // here, and its message with it.
+    if shared.releases_pending.load(Ordering::Acquire) == 0 {
+        return 0;
+    }
+    let mut contained = 0;
+    let mut owner = owner;
+    while let Some(id) = take_release(releases, shared) {
+        contained += owner.as_deref_mut().map_or(0, |o| o.release(id));
+    }
+    contained
 }
 
 /// The least spacing between two re-init attempts; it doubles with each
@@ -367,6 +404,8 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
                 }
             },
         };
+        let freed = release_pending(&core.releases, &shared, t.owner.as_mut());
+        core.contained(freed);
         // ORDERING: set by close_timeout before it waits for us.
         if shared.aborting.load(Ordering::Acquire) {
             Counters::bump(&c.rejected);

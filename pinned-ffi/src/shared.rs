@@ -1,7 +1,7 @@
 //! The part of a worker shared by its handle, its callers and its owner
 //! thread(s): flags, counters, the doorbell and the exit handshake.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     /// A close gave up waiting for a running job: the owner exits on its
     /// own, and dropping the handle does not wait for it.
     pub(crate) detached: AtomicBool,
+    /// Releases of owner-bound values sent and not yet taken.
+    pub(crate) releases_pending: AtomicUsize,
 }
 
 impl Shared {
@@ -102,6 +104,7 @@ impl Shared {
             rejected_by_closer: AtomicU64::new(0),
             contained_by_closer: AtomicU64::new(0),
             detached: AtomicBool::new(false),
+            releases_pending: AtomicUsize::new(0),
         }
     }
 
