@@ -88,6 +88,8 @@ pub struct Builder {
     pub(crate) spin: Duration,
     pub(crate) owner_spin: Duration,
     pub(crate) timings: bool,
+    pub(crate) hang_limit: Option<Duration>,
+    pub(crate) on_hang: Option<crate::health::HangHook>,
     /// Set by `PoolBuilder`: the pool's name and this worker's index.
     pub(crate) pool: Option<(String, usize)>,
 }
@@ -104,6 +106,8 @@ impl Default for Builder {
             spin: Duration::from_micros(50),
             owner_spin: Duration::from_micros(50),
             timings: true,
+            hang_limit: None,
+            on_hang: None,
             pool: None,
         }
     }
@@ -231,6 +235,63 @@ impl Builder {
     #[must_use = "a builder method returns the changed builder"]
     pub fn timings(mut self, on: bool) -> Self {
         self.timings = on;
+        self
+    }
+
+    /// Puts the worker under the watchdog (default: off): a job running
+    /// longer than `limit` makes the worker unhealthy until it ends
+    /// ([`PinnedWorker::is_healthy`](crate::PinnedWorker::is_healthy) is
+    /// `false`, [`MetricsSnapshot::healthy`](crate::MetricsSnapshot::healthy)
+    /// too), and the watchdog thread reports it once: it counts it in
+    /// [`MetricsSnapshot::hangs`](crate::MetricsSnapshot::hangs), logs a
+    /// `tracing` warning (feature `tracing`) and calls
+    /// [`on_hang`](Self::on_hang). A running C call cannot be interrupted:
+    /// the job goes on, and the worker is healthy again when it ends. A
+    /// [`Pool`](crate::Pool) routes new work around unhealthy workers.
+    /// With a limit, every job reads the clock once more.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let w = pinned_ffi::PinnedWorker::builder()
+    ///     .hang_limit(Duration::from_millis(20))
+    ///     .spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// let stuck = w.submit(|_| std::thread::sleep(Duration::from_millis(200)))?;
+    /// std::thread::sleep(Duration::from_millis(100));
+    /// assert!(!w.is_healthy()); // the job has run past its limit
+    /// stuck.wait()?;
+    /// assert!(w.is_healthy()); // and it ended
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn hang_limit(mut self, limit: Duration) -> Self {
+        self.hang_limit = Some(limit);
+        self
+    }
+
+    /// Called on the watchdog thread, once per hang, when a job runs past
+    /// the [`hang_limit`](Self::hang_limit) (no effect without one). Keep
+    /// it short: it delays the watchdog's look at other workers. A panic
+    /// in it is contained and counted in
+    /// [`MetricsSnapshot::contained_panics`](crate::MetricsSnapshot::contained_panics).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let w = pinned_ffi::PinnedWorker::builder()
+    ///     .name("hsm")
+    ///     .hang_limit(Duration::from_millis(10))
+    ///     .on_hang(move |hang| log.lock().unwrap().push(hang.worker.clone()))
+    ///     .spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// w.run(|_| std::thread::sleep(Duration::from_millis(150)))?;
+    /// assert_eq!(*seen.lock().unwrap(), ["hsm"]);
+    /// assert_eq!(w.metrics().hangs, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn on_hang(mut self, callback: impl Fn(&crate::Hang) + Send + Sync + 'static) -> Self {
+        self.on_hang = Some(crate::health::HangHook(std::sync::Arc::new(callback)));
         self
     }
 

@@ -72,6 +72,15 @@ pub enum Error {
         /// The largest closure this worker takes.
         limit: usize,
     },
+    /// The worker is running a job past its
+    /// [`hang_limit`](crate::Builder::hang_limit), and the pool was built
+    /// to fail fast on it ([`PoolBuilder::fail_fast_when_unhealthy`](crate::PoolBuilder::fail_fast_when_unhealthy)).
+    /// Nothing was queued.
+    #[error("the worker is unhealthy: a job has run for {running_for:?}, past its hang limit")]
+    Unhealthy {
+        /// How long the hung job had run.
+        running_for: std::time::Duration,
+    },
     /// An owner-bound handle whose value no longer exists on that worker
     /// (its state was re-initialised) or that belongs to another worker.
     #[error("the owner-bound value is gone or belongs to another worker")]

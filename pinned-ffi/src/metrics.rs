@@ -190,6 +190,12 @@ pub struct MetricsSnapshot {
     pub queue_wait: Summary,
     /// Time the job ran on the owner thread.
     pub run_time: Summary,
+    /// Jobs that ran past the worker's [`hang_limit`](crate::Builder::hang_limit)
+    /// (each counted once, by the watchdog).
+    pub hangs: u64,
+    /// `false` while a job runs past the hang limit (see
+    /// [`PinnedWorker::is_healthy`](crate::PinnedWorker::is_healthy)).
+    pub healthy: bool,
 }
 
 impl MetricsSnapshot {
@@ -215,6 +221,8 @@ impl MetricsSnapshot {
             queue_depth,
             queue_wait: wait.summary(),
             run_time: run.summary(),
+            hangs: 0,
+            healthy: true,
         }
     }
 }
@@ -224,7 +232,7 @@ impl fmt::Display for MetricsSnapshot {
         write!(
             f,
             "{}: submitted {} completed {} failed {} (panicked {}, rejected {}) cancelled {} reinits {} \
-             contained panics {} queued {} | wait {} | run {}",
+             contained panics {} queued {} hangs {}{} | wait {} | run {}",
             self.name,
             self.submitted,
             self.completed,
@@ -235,6 +243,8 @@ impl fmt::Display for MetricsSnapshot {
             self.reinits,
             self.contained_panics,
             self.queue_depth,
+            self.hangs,
+            if self.healthy { "" } else { " UNHEALTHY" },
             self.queue_wait,
             self.run_time
         )

@@ -449,26 +449,32 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
         // Counted before the caller sees the outcome, so a caller that
         // reads the metrics right after finds its job in them.
         let mut woken = 0;
-        let mut tally = |outcome| match outcome {
-            RunOutcome::Done => {
-                Counters::bump(&c.completed);
-                if let Some(s) = start {
-                    shared.run_time.record(s.elapsed());
+        let health = &shared.health;
+        let mut tally = |outcome| {
+            health.job_ends();
+            match outcome {
+                RunOutcome::Done => {
+                    Counters::bump(&c.completed);
+                    if let Some(s) = start {
+                        shared.run_time.record(s.elapsed());
+                    }
                 }
-            }
-            RunOutcome::Cancelled => Counters::bump(&c.cancelled),
-            RunOutcome::Panicked => {
-                Counters::bump(&c.panicked);
-                if shared.config.panic_policy == PanicPolicy::Stop {
-                    shared.stopped.store(true, Ordering::Release);
-                    shared.closed.store(true, Ordering::SeqCst);
-                    // Waiters for room are refused now (every other
-                    // closer wakes them too).
-                    woken += shared.room.wake_all();
+                RunOutcome::Cancelled => Counters::bump(&c.cancelled),
+                RunOutcome::Panicked => {
+                    Counters::bump(&c.panicked);
+                    if shared.config.panic_policy == PanicPolicy::Stop {
+                        shared.stopped.store(true, Ordering::Release);
+                        shared.closed.store(true, Ordering::SeqCst);
+                        // Waiters for room are refused now (every other
+                        // closer wakes them too).
+                        woken += shared.room.wake_all();
+                    }
                 }
             }
         };
+        health.job_starts(&shared);
         let handling = job.run(o, &mut tally);
+        health.job_ends();
         core.contained(handling.contained + woken);
         if handling.outcome == RunOutcome::Panicked {
             if core.breaker_trips() {

@@ -12,15 +12,18 @@ use std::time::Duration;
 use crate::close::CloseReport;
 use crate::config::Builder;
 use crate::error::{Error, SpawnError};
+use crate::keys::{KeyRouting, KeyTable};
 use crossbeam_utils::CachePadded;
 
 use crate::metrics::MetricsSnapshot;
 use crate::placement::{Placement, Topology};
-use crate::ticket::Ticket;
 use crate::waits;
 use crate::worker::PinnedWorker;
 
-/// How [`Pool::run`] and [`Pool::submit`] pick a worker.
+/// How a [`Pool`]'s own submission forms ([`Pool::run`], [`Pool::call`],
+/// [`Pool::try_submit`], ...) pick a worker. Both pass over workers that
+/// are unhealthy (a job past their [`hang_limit`](crate::Builder::hang_limit))
+/// while any is healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Dispatch {
@@ -59,6 +62,9 @@ pub struct PoolBuilder {
     dispatch: Dispatch,
     worker: Builder,
     placement: Placement,
+    key_routing: KeyRouting,
+    key_table: usize,
+    fail_fast: bool,
 }
 
 impl PoolBuilder {
@@ -104,6 +110,51 @@ impl PoolBuilder {
         self
     }
 
+    /// How keys pick a worker (default [`KeyRouting::Hash`]).
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn key_routing(mut self, routing: KeyRouting) -> Self {
+        self.key_routing = routing;
+        self
+    }
+
+    /// How many keys [`KeyRouting::LeastLoaded`] remembers (default
+    /// [`KeyRouting::DEFAULT_TABLE`], at least 1); past it, the least
+    /// recently used key is forgotten.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn key_table(mut self, keys: usize) -> Self {
+        self.key_table = keys.max(1);
+        self
+    }
+
+    /// Whether a keyed call ([`Pool::keyed`], [`Pool::run_keyed`]) whose
+    /// worker is unhealthy (a job past its
+    /// [`hang_limit`](crate::Builder::hang_limit)) fails at once with
+    /// [`Error::Unhealthy`] (default `false`: it waits its turn, as the
+    /// key's state lives on that worker). Unkeyed calls are always routed
+    /// around unhealthy workers.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pinned_ffi::{Error, PinnedWorker, Pool};
+    /// let pool = Pool::builder(2)
+    ///     .worker(PinnedWorker::builder().hang_limit(Duration::from_millis(10)))
+    ///     .fail_fast_when_unhealthy(true)
+    ///     .spawn(|_| Ok::<_, std::io::Error>(()))?;
+    /// let key_worker = pool.keyed(&"k")?.index();
+    /// let stuck = pool.to(key_worker).submit(|_| std::thread::sleep(Duration::from_millis(300)))?;
+    /// std::thread::sleep(Duration::from_millis(100));
+    /// assert!(matches!(pool.run_keyed(&"k", |_| ()), Err(Error::Unhealthy { .. })));
+    /// assert_ne!(pool.run(|_| pinned_ffi::threads::current_tid())?, pool.worker(key_worker).owner_tid());
+    /// stuck.wait()?;
+    /// pool.run_keyed(&"k", |_| ())?; // healthy again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn fail_fast_when_unhealthy(mut self, on: bool) -> Self {
+        self.fail_fast = on;
+        self
+    }
+
     /// Starts the workers, calling `init(index)` on each one's owner thread
     /// (and again on a fresh thread when one re-initialises). If any init
     /// fails, the workers already started are closed and the error returned.
@@ -139,6 +190,9 @@ impl PoolBuilder {
             next: AtomicUsize::new(0),
             dispatch: self.dispatch,
             running,
+            keys: (self.key_routing == KeyRouting::LeastLoaded)
+                .then(|| KeyTable::new(self.key_table, self.size)),
+            fail_fast: self.fail_fast,
         })
     }
 }
@@ -158,8 +212,12 @@ pub struct Pool<S> {
     workers: Vec<PinnedWorker<S>>,
     next: AtomicUsize,
     dispatch: Dispatch,
-    /// Blocking calls in flight per worker (counted for `LeastLoaded`).
+    /// Blocking calls in flight per worker (counted when routing uses load).
     running: Box<[CachePadded<AtomicUsize>]>,
+    /// The sticky key table, for [`KeyRouting::LeastLoaded`].
+    keys: Option<KeyTable>,
+    /// Keyed calls to an unhealthy worker fail fast.
+    fail_fast: bool,
 }
 
 impl<S> std::fmt::Debug for Pool<S> {
@@ -181,6 +239,9 @@ impl Pool<()> {
             dispatch: Dispatch::default(),
             worker: Builder::default(),
             placement: Placement::default(),
+            key_routing: KeyRouting::default(),
+            key_table: KeyRouting::DEFAULT_TABLE,
+            fail_fast: false,
         }
     }
 }
@@ -246,7 +307,7 @@ impl<S: 'static> Pool<S> {
     /// thread cannot wait on (from inside a pool job: its own worker, and
     /// any whose owner waits on it); when every worker is like that, the
     /// pick stands and the call fails with [`Error::Reentrant`].
-    fn pick_index(&self, dispatch: Dispatch) -> usize {
+    pub(crate) fn pick_index(&self, dispatch: Dispatch) -> usize {
         let i = self.dispatch_index(dispatch);
         if !waits::would_deadlock(self.workers[i].id()) {
             return i;
@@ -259,24 +320,39 @@ impl<S: 'static> Pool<S> {
 
     fn dispatch_index(&self, dispatch: Dispatch) -> usize {
         match dispatch {
-            // ORDERING: only spreads load; no data depends on it.
-            Dispatch::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len(),
-            Dispatch::LeastLoaded => {
-                let mut best = (usize::MAX, 0);
-                for (i, w) in self.workers.iter().enumerate() {
-                    // ORDERING: a load estimate; no data depends on it.
-                    let running = self.running[i].load(Ordering::Relaxed);
-                    if running == 0 && w.queue_is_empty() {
-                        return i; // nothing beats an idle worker, and ties go to the first
-                    }
-                    let load = running + w.queue_len();
-                    if load < best.0 {
-                        best = (load, i);
-                    }
-                }
-                best.1
+            Dispatch::RoundRobin => {
+                // ORDERING: only spreads load; no data depends on it.
+                let first = self.next.fetch_add(1, Ordering::Relaxed);
+                let n = self.workers.len();
+                (0..n)
+                    .map(|k| (first + k) % n)
+                    .find(|&i| self.workers[i].is_healthy())
+                    .unwrap_or(first % n)
+            }
+            Dispatch::LeastLoaded => self.least_loaded(None),
+        }
+    }
+
+    /// The healthy worker with the least work: jobs in its queue plus the
+    /// pool's blocking calls in flight on it; ties go to the one holding
+    /// the fewest keys (when `held` is given), then to the first. When
+    /// every worker is unhealthy, the least loaded of all.
+    fn least_loaded(&self, held: Option<&[usize]>) -> usize {
+        let mut best: Option<((bool, usize, usize), usize)> = None;
+        for (i, w) in self.workers.iter().enumerate() {
+            let sick = !w.is_healthy();
+            // ORDERING: a load estimate; no data depends on it.
+            let running = self.running[i].load(Ordering::Relaxed);
+            let keys = held.map_or(0, |h| h[i]);
+            if !sick && keys == 0 && running == 0 && w.queue_is_empty() {
+                return i; // nothing beats an idle worker, and ties go to the first
+            }
+            let score = (sick, running + w.queue_len(), keys);
+            if best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, i));
             }
         }
+        best.map_or(0, |(_, i)| i)
     }
 
     /// The worker for `key`: the same key always gives the same worker.
@@ -288,84 +364,35 @@ impl<S: 'static> Pool<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn for_key<K: Hash + ?Sized>(&self, key: &K) -> &PinnedWorker<S> {
+        &self.workers[self.key_index(key)]
+    }
+
+    /// The index of the worker for `key`, by the pool's [`KeyRouting`].
+    pub(crate) fn key_index<K: Hash + ?Sized>(&self, key: &K) -> usize {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
-        &self.workers[(h.finish() % self.workers.len() as u64) as usize]
-    }
-
-    /// Runs `f` on the worker the default dispatch picks; see
-    /// [`PinnedWorker::run`].
-    ///
-    /// # Errors
-    /// As [`PinnedWorker::run`].
-    ///
-    /// ```
-    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
-    /// let i = pool.run(|i| *i)?;
-    /// assert!(i < 2);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn run<'a, R, F>(&self, f: F) -> Result<R, Error>
-    where
-        F: FnOnce(&mut S) -> R + Send + 'a,
-        R: Send + 'a,
-    {
-        let i = self.pick_index(self.dispatch);
-        if self.dispatch != Dispatch::LeastLoaded {
-            return self.workers[i].run(f);
+        let hash = h.finish();
+        match &self.keys {
+            None => (hash % self.workers.len() as u64) as usize,
+            Some(table) => table.worker_for(hash, |held| self.least_loaded(Some(held))),
         }
-        /// Counts a blocking call in flight on its worker while it lives.
-        struct Running<'p>(&'p AtomicUsize);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                // ORDERING: see `dispatch_index`.
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        // ORDERING: see `dispatch_index`.
-        self.running[i].fetch_add(1, Ordering::Relaxed);
-        let _running = Running(&self.running[i]);
-        self.workers[i].run(f)
     }
 
-    /// Runs `f` on the worker for `key` (sticky).
-    ///
-    /// # Errors
-    /// As [`PinnedWorker::run`].
-    ///
-    /// ```
-    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
-    /// let a = pool.run_keyed(&42u64, |i| *i)?;
-    /// assert_eq!(pool.run_keyed(&42u64, |i| *i)?, a);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn run_keyed<'a, K, R, F>(&self, key: &K, f: F) -> Result<R, Error>
-    where
-        K: Hash + ?Sized,
-        F: FnOnce(&mut S) -> R + Send + 'a,
-        R: Send + 'a,
-    {
-        self.for_key(key).run(f)
+    /// The pool's default dispatch.
+    pub(crate) fn dispatch(&self) -> Dispatch {
+        self.dispatch
     }
 
-    /// Queues `f` on the worker the default dispatch picks; see
-    /// [`PinnedWorker::submit`].
-    ///
-    /// # Errors
-    /// As [`PinnedWorker::submit`].
-    ///
-    /// ```
-    /// # let pool = pinned_ffi::Pool::builder(2).spawn(|i| Ok::<_, std::convert::Infallible>(i))?;
-    /// let t = pool.submit(|i| *i * 10)?;
-    /// assert!(t.wait()? <= 10);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn submit<R, F>(&self, f: F) -> Result<Ticket<R>, Error>
-    where
-        F: FnOnce(&mut S) -> R + Send + 'static,
-        R: Send + 'static,
-    {
-        self.pick(self.dispatch).submit(f)
+    /// Whether keyed calls to an unhealthy worker fail fast.
+    pub(crate) fn fails_fast(&self) -> bool {
+        self.fail_fast
+    }
+
+    /// The counter of blocking calls in flight on worker `i`, when the
+    /// pool's routing uses load.
+    pub(crate) fn running_counter(&self, i: usize) -> Option<&AtomicUsize> {
+        let uses_load = self.dispatch == Dispatch::LeastLoaded || self.keys.is_some();
+        uses_load.then(|| &*self.running[i])
     }
 
     /// Runs `f` on every worker, in parallel, and returns the results in

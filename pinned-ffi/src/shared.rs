@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) detached: AtomicBool,
     /// Releases of owner-bound values sent and not yet taken.
     pub(crate) releases_pending: AtomicUsize,
+    /// When the running job started, for the watchdog.
+    pub(crate) health: crate::health::Health,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl Shared {
         let id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
         let name = config.name.clone().unwrap_or_else(|| format!("pinned-{id}"));
         let config_capacity = config.capacity;
+        let config_hang_limit = config.hang_limit;
         Shared {
             id,
             name,
@@ -105,6 +108,7 @@ impl Shared {
             contained_by_closer: AtomicU64::new(0),
             detached: AtomicBool::new(false),
             releases_pending: AtomicUsize::new(0),
+            health: crate::health::Health::new(config_hang_limit),
         }
     }
 

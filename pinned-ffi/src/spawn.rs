@@ -78,6 +78,7 @@ impl Builder {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(handle);
+                crate::health::watch(&shared);
                 Ok(PinnedWorker {
                     shared,
                     tx,

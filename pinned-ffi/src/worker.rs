@@ -570,6 +570,29 @@ impl<S: 'static> PinnedWorker<S> {
         m.rejected += by_closer;
         m.failed += by_closer;
         m.contained_panics += s.contained_by_closer.load(Ordering::Relaxed);
+        m.contained_panics += s.health.contained.load(Ordering::Relaxed);
+        m.hangs = s.health.hangs.load(Ordering::Relaxed);
+        m.healthy = self.is_healthy();
         m
+    }
+
+    /// Whether no job has run past the worker's
+    /// [`hang_limit`](crate::Builder::hang_limit) (always `true` without
+    /// one). Unhealthy from the moment the running job passes the limit
+    /// until it ends; a [`Pool`](crate::Pool) routes new work around an
+    /// unhealthy worker.
+    ///
+    /// ```
+    /// let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::io::Error>(()))?;
+    /// assert!(w.is_healthy()); // no hang limit: always healthy
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_healthy(&self) -> bool {
+        self.shared.health.is_healthy(&self.shared)
+    }
+
+    /// How long the hung job has run; `None` while healthy.
+    pub(crate) fn hung_for(&self) -> Option<std::time::Duration> {
+        self.shared.health.hung_for(&self.shared)
     }
 }
