@@ -11,12 +11,19 @@
 //! owner, for any state `S`, `Send` or not:
 //!
 //! 1. [`PinnedWorker<S>`]: one owner thread, with blocking
-//!    [`run`](PinnedWorker::run) (borrows allowed), [`submit`](PinnedWorker::submit)
-//!    → [`Ticket`] (also a `Future`, any runtime), a bounded queue,
-//!    cancellation, panic policies with a circuit breaker, owner-bound
-//!    values ([`Bound`]), deadlock detection and metrics.
+//!    [`run`](PinnedWorker::run) (borrows allowed; it blocks the calling
+//!    thread, so async code uses [`call`](PinnedWorker::call) and
+//!    [`submit_async`](PinnedWorker::submit_async), cancel-safe, any
+//!    executor), [`submit`](PinnedWorker::submit) → [`Ticket`] (also a
+//!    `Future`; [`detach`](Ticket::detach) to fire and forget), one
+//!    deadline over queueing and start ([`run_deadline`](PinnedWorker::run_deadline),
+//!    [`call_deadline`](PinnedWorker::call_deadline)), an exact bounded
+//!    queue, cancellation, panic policies with a circuit breaker,
+//!    owner-bound values ([`Bound`]), a watchdog for hung owners
+//!    ([`Builder::hang_limit`]), deadlock detection and metrics.
 //! 2. [`Pool<S>`]: N owners with least-loaded, round-robin and keyed
-//!    dispatch.
+//!    ([`KeyRouting`]) dispatch, every submission form through the
+//!    dispatch or a [`Route`] (by key or index).
 //! 3. Operations: [`threads`], [`placement`], [`ThreadWatch`] (the
 //!    accidental-pinning detector), optional `tracing` spans and `metrics`
 //!    export.

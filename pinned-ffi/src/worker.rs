@@ -223,6 +223,12 @@ impl<S: 'static> PinnedWorker<S> {
     /// Runs `f` on the owner thread and waits for its result. `f` may
     /// borrow from the caller (no `'static` needed).
     ///
+    /// It **blocks the calling thread** for the whole round trip: called
+    /// inside an async task it holds the runtime's thread (and every task
+    /// queued behind it) until the owner is done. In async code use
+    /// [`call`](Self::call) (or [`call_deadline`](Self::call_deadline)),
+    /// which awaits instead.
+    ///
     /// ```
     /// # let worker = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(7u64))?;
     /// let mut buf = vec![0u64; 4];
