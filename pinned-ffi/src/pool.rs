@@ -15,7 +15,7 @@ use crate::error::{Error, SpawnError};
 use crossbeam_utils::CachePadded;
 
 use crate::metrics::MetricsSnapshot;
-use crate::placement::{Placement, Topology};
+use crate::placement::{Placement, Plan, Shortfall, Topology};
 use crate::ticket::Ticket;
 use crate::waits;
 use crate::worker::PinnedWorker;
@@ -88,7 +88,12 @@ impl PoolBuilder {
     }
 
     /// Where the owners run (default [`Placement::Anywhere`]); the NUMA
-    /// layout is read from sysfs when the pool starts.
+    /// layout is read from sysfs when the pool starts, and the plan uses
+    /// only the CPUs the starting thread may run on
+    /// ([`Placement::plan`]). Where the policy cannot be honoured within
+    /// them, the pool still starts, inside the allowed set, and
+    /// [`Pool::placement_shortfalls`] says why (logged as warnings too,
+    /// with the `tracing` feature).
     ///
     /// ```
     /// use pinned_ffi::{placement::Placement, Pool};
@@ -117,12 +122,19 @@ impl PoolBuilder {
         F: Fn(usize) -> Result<S, E> + Send + Sync + 'static,
     {
         let plan = match self.placement {
-            Placement::Anywhere => vec![None; self.size],
+            Placement::Anywhere => Plan {
+                cpus: vec![None; self.size],
+                ..Plan::default()
+            },
             ref p => p.plan(&Topology::read()?, self.size)?,
         };
+        #[cfg(feature = "tracing")]
+        for s in &plan.shortfalls {
+            tracing::warn!(pool = %self.name, placement = ?self.placement, "pinned-ffi: placement not honoured: {s}");
+        }
         let init = Arc::new(init);
         let mut workers = Vec::with_capacity(self.size);
-        for (i, cpus) in plan.into_iter().enumerate() {
+        for (i, cpus) in plan.cpus.into_iter().enumerate() {
             let init = Arc::clone(&init);
             let mut b = self.worker.clone().in_pool(&self.name, i);
             if let Some(cpus) = cpus {
@@ -139,6 +151,7 @@ impl PoolBuilder {
             next: AtomicUsize::new(0),
             dispatch: self.dispatch,
             running,
+            shortfalls: plan.shortfalls,
         })
     }
 }
@@ -160,6 +173,8 @@ pub struct Pool<S> {
     dispatch: Dispatch,
     /// Blocking calls in flight per worker (counted for `LeastLoaded`).
     running: Box<[CachePadded<AtomicUsize>]>,
+    /// Where the placement could not be honoured.
+    shortfalls: Vec<Shortfall>,
 }
 
 impl<S> std::fmt::Debug for Pool<S> {
@@ -226,6 +241,23 @@ impl<S: 'static> Pool<S> {
     /// ```
     pub fn workers(&self) -> &[PinnedWorker<S>] {
         &self.workers
+    }
+
+    /// Where the pool's [`placement`](PoolBuilder::placement) could not be
+    /// honoured within the CPUs allowed when it started; empty when it was
+    /// (always, for [`Placement::Anywhere`]).
+    ///
+    /// ```
+    /// use pinned_ffi::{placement::Placement, Pool};
+    /// # if pinned_ffi::placement::Topology::read().is_err() { return Ok(()); }
+    /// // More owners than allowed CPUs: they share, and the pool says so.
+    /// let cpus = pinned_ffi::threads::current_affinity()?.len();
+    /// let pool = Pool::builder(cpus + 1).placement(Placement::Pack).spawn(|_| Ok::<_, std::io::Error>(()))?;
+    /// assert_eq!(pool.placement_shortfalls()[0].workers, vec![cpus]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn placement_shortfalls(&self) -> &[Shortfall] {
+        &self.shortfalls
     }
 
     /// The worker `dispatch` picks now.
