@@ -8,6 +8,10 @@ use std::path::PathBuf;
 use pinned_ffi::placement::{parse_cpulist, Placement, Topology};
 use pinned_ffi::{threads, Pool};
 
+/// Every CPU of the fake machine, for plans that must not depend on this
+/// machine's affinity.
+const ALL: [usize; 4] = [0, 1, 2, 3];
+
 fn fake_sysfs() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-sysfs");
     let _ = fs::remove_dir_all(&root);
@@ -45,33 +49,38 @@ fn plans_on_a_two_node_machine() {
     );
     let one = |v: &[usize]| v.iter().map(|&c| Some(vec![c])).collect::<Vec<_>>();
     assert_eq!(
-        Placement::Spread.plan(&t, 4).unwrap(),
+        Placement::Spread.plan_within(&t, 4, &ALL).unwrap().cpus,
         one(&[0, 1, 2, 3]),
         "alternate nodes"
     );
     assert_eq!(
-        Placement::Pack.plan(&t, 4).unwrap(),
+        Placement::Pack.plan_within(&t, 4, &ALL).unwrap().cpus,
         one(&[0, 2, 1, 3]),
         "fill node 0 first"
     );
     assert_eq!(
-        Placement::Pack.plan(&t, 5).unwrap()[4],
+        Placement::Pack.plan_within(&t, 5, &ALL).unwrap().cpus[4],
         Some(vec![0]),
         "wraps around"
     );
     assert_eq!(
-        Placement::NearDevice("0000:3b:00.0".into()).plan(&t, 2).unwrap(),
+        Placement::NearDevice("0000:3b:00.0".into())
+            .plan_within(&t, 2, &ALL)
+            .unwrap()
+            .cpus,
         vec![Some(vec![1, 3]); 2]
     );
     let e = Placement::NearDevice("0000:00:02.0".into())
-        .plan(&t, 1)
+        .plan_within(&t, 1, &ALL)
         .unwrap_err();
     assert!(e.to_string().contains("no NUMA node"), "{e}");
     assert!(
-        Placement::NearDevice("0000:ff:00.0".into()).plan(&t, 1).is_err(),
+        Placement::NearDevice("0000:ff:00.0".into())
+            .plan_within(&t, 1, &ALL)
+            .is_err(),
         "unknown device"
     );
-    assert_eq!(Placement::Anywhere.plan(&t, 2).unwrap(), vec![None, None]);
+    assert_eq!(Placement::Anywhere.plan(&t, 2).unwrap().cpus, vec![None, None]);
 }
 
 #[test]
@@ -81,7 +90,7 @@ fn owners_get_the_planned_affinity() {
         return;
     };
     for placement in [Placement::Spread, Placement::Pack] {
-        let plan = placement.plan(&t, 2).unwrap();
+        let plan = placement.plan(&t, 2).unwrap().cpus;
         let pool = Pool::builder(2)
             .placement(placement.clone())
             .spawn(|_| Ok::<_, std::io::Error>(()))

@@ -20,6 +20,7 @@ fn config() -> WatchConfig {
         .min_extra(4)
         .sustain(Duration::from_millis(200))
         .max_owner_starts_per_sec(20.0)
+        .owner_churn_window(Duration::from_millis(200))
 }
 
 fn watch() -> (ThreadWatch, Arc<Mutex<Vec<Alarm>>>) {

@@ -16,7 +16,7 @@ use crate::keys::{KeyRouting, KeyTable};
 use crossbeam_utils::CachePadded;
 
 use crate::metrics::MetricsSnapshot;
-use crate::placement::{Placement, Topology};
+use crate::placement::{Placement, Plan, Shortfall, Topology};
 use crate::waits;
 use crate::worker::PinnedWorker;
 
@@ -94,7 +94,12 @@ impl PoolBuilder {
     }
 
     /// Where the owners run (default [`Placement::Anywhere`]); the NUMA
-    /// layout is read from sysfs when the pool starts.
+    /// layout is read from sysfs when the pool starts, and the plan uses
+    /// only the CPUs the starting thread may run on
+    /// ([`Placement::plan`]). Where the policy cannot be honoured within
+    /// them, the pool still starts, inside the allowed set, and
+    /// [`Pool::placement_shortfalls`] says why (logged as warnings too,
+    /// with the `tracing` feature).
     ///
     /// ```
     /// use pinned_ffi::{placement::Placement, Pool};
@@ -168,12 +173,19 @@ impl PoolBuilder {
         F: Fn(usize) -> Result<S, E> + Send + Sync + 'static,
     {
         let plan = match self.placement {
-            Placement::Anywhere => vec![None; self.size],
+            Placement::Anywhere => Plan {
+                cpus: vec![None; self.size],
+                ..Plan::default()
+            },
             ref p => p.plan(&Topology::read()?, self.size)?,
         };
+        #[cfg(feature = "tracing")]
+        for s in &plan.shortfalls {
+            tracing::warn!(pool = %self.name, placement = ?self.placement, "pinned-ffi: placement not honoured: {s}");
+        }
         let init = Arc::new(init);
         let mut workers = Vec::with_capacity(self.size);
-        for (i, cpus) in plan.into_iter().enumerate() {
+        for (i, cpus) in plan.cpus.into_iter().enumerate() {
             let init = Arc::clone(&init);
             let mut b = self.worker.clone().in_pool(&self.name, i);
             if let Some(cpus) = cpus {
@@ -193,6 +205,7 @@ impl PoolBuilder {
             keys: (self.key_routing == KeyRouting::LeastLoaded)
                 .then(|| KeyTable::new(self.key_table, self.size)),
             fail_fast: self.fail_fast,
+            shortfalls: plan.shortfalls,
         })
     }
 }
@@ -218,6 +231,8 @@ pub struct Pool<S> {
     keys: Option<KeyTable>,
     /// Keyed calls to an unhealthy worker fail fast.
     fail_fast: bool,
+    /// Where the placement could not be honoured.
+    shortfalls: Vec<Shortfall>,
 }
 
 impl<S> std::fmt::Debug for Pool<S> {
@@ -287,6 +302,23 @@ impl<S: 'static> Pool<S> {
     /// ```
     pub fn workers(&self) -> &[PinnedWorker<S>] {
         &self.workers
+    }
+
+    /// Where the pool's [`placement`](PoolBuilder::placement) could not be
+    /// honoured within the CPUs allowed when it started; empty when it was
+    /// (always, for [`Placement::Anywhere`]).
+    ///
+    /// ```
+    /// use pinned_ffi::{placement::Placement, Pool};
+    /// # if pinned_ffi::placement::Topology::read().is_err() { return Ok(()); }
+    /// // More owners than allowed CPUs: they share, and the pool says so.
+    /// let cpus = pinned_ffi::threads::current_affinity()?.len();
+    /// let pool = Pool::builder(cpus + 1).placement(Placement::Pack).spawn(|_| Ok::<_, std::io::Error>(()))?;
+    /// assert_eq!(pool.placement_shortfalls()[0].workers, vec![cpus]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn placement_shortfalls(&self) -> &[Shortfall] {
+        &self.shortfalls
     }
 
     /// The worker `dispatch` picks now.

@@ -5,7 +5,12 @@
 //! the count stays well above it, naming the threads that appeared, or
 //! when owner threads are being started faster than a pool ever would.
 
-use std::collections::HashMap;
+//! [`ThreadWatch`]: catches accidental pinning in production. The
+//! user-facing documentation (what is measured, every default, the start
+//! order) is on [`ThreadWatch`] and [`WatchConfig`], which the crate
+//! re-exports, so that rustdoc shows it.
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -14,24 +19,58 @@ use std::time::{Duration, Instant};
 use crate::threads;
 use crate::worker::owners_started;
 
+/// The most sample intervals the owner-start window spans; a longer
+/// [`WatchConfig::owner_churn_window`] is cut to this many intervals, so
+/// the watch keeps a bounded history.
+const MAX_WINDOW_SAMPLES: u32 = 4096;
+
 /// When the watch raises an alarm. Start from `WatchConfig::default()` and
 /// change what you need with the setters of the same names as the fields.
+///
+/// The defaults, and what they mean together:
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | [`interval`](Self::interval) | 250 ms | one sample of the thread count and of [`owners_started`](crate::owners_started) per interval |
+/// | [`learn`](Self::learn) | 8 samples | the thread-count baseline is the median of the first 8 samples (2 s) |
+/// | [`over_ratio`](Self::over_ratio), [`min_extra`](Self::min_extra) | 0.5, 4 | "above" is more than `baseline + max(baseline × 0.5, 4)` threads |
+/// | [`sustain`](Self::sustain) | 5 s | [`Alarm::ThreadGrowth`] once the count has stayed above for 5 s |
+/// | [`max_owner_starts_per_sec`](Self::max_owner_starts_per_sec) | 5 /s | [`Alarm::OwnerChurn`] when owners start faster than this ... |
+/// | [`owner_churn_window`](Self::owner_churn_window) | 10 s | ... on average over the last 10 s: more than 50 owner starts in 10 s |
+///
+/// ```
+/// use std::time::Duration;
+/// use pinned_ffi::WatchConfig;
+/// let c = WatchConfig::default();
+/// assert_eq!((c.interval, c.learn, c.sustain), (Duration::from_millis(250), 8, Duration::from_secs(5)));
+/// assert_eq!((c.max_owner_starts_per_sec, c.owner_churn_window), (5.0, Duration::from_secs(10)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct WatchConfig {
-    /// Time between samples.
+    /// Time between samples (default 250 ms).
     pub interval: Duration,
-    /// Samples whose median becomes the baseline.
+    /// Samples whose median becomes the thread-count baseline (default 8).
     pub learn: usize,
     /// Growth that counts as "above": `max(baseline × ratio, min_extra)`
-    /// threads over the baseline.
+    /// threads over the baseline (default 0.5).
     pub over_ratio: f64,
-    /// See `over_ratio`.
+    /// See `over_ratio` (default 4 threads).
     pub min_extra: usize,
-    /// How long the count must stay above before the alarm.
+    /// How long the count must stay above before the alarm (default 5 s).
     pub sustain: Duration,
-    /// Owner threads started per second that count as churn.
+    /// Owner threads started per second, on average over
+    /// [`owner_churn_window`](Self::owner_churn_window), that count as
+    /// churn (default 5).
     pub max_owner_starts_per_sec: f64,
+    /// The sliding window the owner-start rate is averaged over (default
+    /// 10 s): the rate is the owners started within the last window
+    /// divided by the window, so a burst, such as one pool starting,
+    /// counts once against `max_owner_starts_per_sec × window` owners (50
+    /// with the defaults) and then ages out. A window longer than 4096
+    /// intervals is cut to 4096 intervals; a window shorter than the
+    /// interval measures each interval on its own.
+    pub owner_churn_window: Duration,
 }
 
 impl WatchConfig {
@@ -77,6 +116,21 @@ impl WatchConfig {
         self.max_owner_starts_per_sec = rate;
         self
     }
+    /// Sets [`owner_churn_window`](Self::owner_churn_window).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // Churn is more than 20 owner starts within any 2 s.
+    /// let c = pinned_ffi::WatchConfig::default()
+    ///     .max_owner_starts_per_sec(10.0)
+    ///     .owner_churn_window(Duration::from_secs(2));
+    /// assert_eq!(c.owner_churn_window, Duration::from_secs(2));
+    /// ```
+    #[must_use = "a setter returns the changed configuration"]
+    pub fn owner_churn_window(mut self, window: Duration) -> Self {
+        self.owner_churn_window = window;
+        self
+    }
 }
 
 impl Default for WatchConfig {
@@ -88,11 +142,13 @@ impl Default for WatchConfig {
             min_extra: 4,
             sustain: Duration::from_secs(5),
             max_owner_starts_per_sec: 5.0,
+            owner_churn_window: Duration::from_secs(10),
         }
     }
 }
 
-/// What the watch saw.
+/// What the watch saw. Each kind is raised once per episode: again only
+/// after what it measures has come back under its threshold.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Alarm {
@@ -109,26 +165,123 @@ pub enum Alarm {
     },
     /// Owner threads are being started faster than the limit.
     OwnerChurn {
-        /// Owner threads started per second over the last sample interval.
+        /// Owner threads started per second, on average over the last
+        /// [`owner_churn_window`](WatchConfig::owner_churn_window), when
+        /// the episode began.
         per_second: f64,
     },
 }
 
-/// A running watch; stops when dropped.
+/// A running accidental-pinning detector; stops when dropped.
+///
+/// A service that pins per request (a thread, or a whole owner, per call)
+/// grows its thread count with load; one that uses a pool does not. The
+/// watch samples, every [`interval`](WatchConfig::interval), the process's
+/// thread count and the number of owner threads started so far
+/// ([`owners_started`](crate::owners_started)), and raises an [`Alarm`]:
+///
+/// - [`Alarm::ThreadGrowth`] when the thread count stays well above a
+///   learned baseline for [`sustain`](WatchConfig::sustain), naming the
+///   threads that appeared;
+/// - [`Alarm::OwnerChurn`] when owners are started faster than a pool ever
+///   would: more than [`max_owner_starts_per_sec`](WatchConfig::max_owner_starts_per_sec)
+///   on average over the sliding [`owner_churn_window`](WatchConfig::owner_churn_window)
+///   (with the defaults, more than 50 owners within 10 s).
+///
+/// Each is raised once per episode, and raised again only after the count
+/// or the rate has come back under its threshold. The defaults are listed
+/// on [`WatchConfig`].
+///
+/// # Start order
+///
+/// Build the application's pools and long-lived workers first, then start
+/// the watch:
+///
+/// - The first [`learn`](WatchConfig::learn) samples (2 s with the
+///   defaults) are the thread-count baseline: their median. Threads that
+///   exist then are normal; threads that start later count as growth, so a
+///   pool built after the baseline and bigger than the margin
+///   (`max(baseline × over_ratio, min_extra)`) raises one
+///   [`ThreadGrowth`](Alarm::ThreadGrowth) after `sustain`.
+/// - Owner starts are counted from the watch's start. Owners started
+///   before it never count as churn; a pool started later counts its
+///   owners once, within one window, and then ages out: it raises no
+///   [`OwnerChurn`](Alarm::OwnerChurn) unless it alone has more owners
+///   than `max_owner_starts_per_sec × owner_churn_window` (50 with the
+///   defaults). Re-initialised owners count as starts too.
+///
+/// With the `tracing` feature each alarm is also logged as a warning. A
+/// panic in the callback is caught and the watch goes on.
 ///
 /// ```
 /// use std::time::Duration;
-/// use pinned_ffi::{ThreadWatch, WatchConfig};
+/// use pinned_ffi::{Pool, ThreadWatch, WatchConfig};
+/// // First the application's pools, then the watch.
+/// let pool = Pool::builder(2).spawn(|_| Ok::<_, std::io::Error>(()))?;
 /// let cfg = WatchConfig::default().interval(Duration::from_millis(10));
 /// let watch = ThreadWatch::start(cfg, |alarm| eprintln!("pinned-ffi: {alarm:?}"))?;
-/// // ... serve requests ...
+/// // ... serve requests through `pool` ...
+/// # pool.run(|_| ())?;
 /// watch.stop();
-/// # Ok::<(), std::io::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
 pub struct ThreadWatch {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+}
+
+/// The owner-start rate over a sliding window, from samples of
+/// [`owners_started`], and whether an episode of churn is under way.
+struct ChurnMeter {
+    window: Duration,
+    limit: f64,
+    /// Samples, oldest first; the first is the newest one at or before the
+    /// window's start (or the watch's first sample, while it is younger
+    /// than the window).
+    history: VecDeque<(Instant, u64)>,
+    churning: bool,
+}
+
+impl ChurnMeter {
+    fn new(config: &WatchConfig, at: Instant, owners: u64) -> Self {
+        ChurnMeter {
+            window: config
+                .owner_churn_window
+                .min(config.interval.saturating_mul(MAX_WINDOW_SAMPLES)),
+            limit: config.max_owner_starts_per_sec,
+            history: VecDeque::from([(at, owners)]),
+            churning: false,
+        }
+    }
+
+    /// Records a sample; the rate when an episode begins with it.
+    fn sample(&mut self, at: Instant, owners: u64) -> Option<f64> {
+        self.history.push_back((at, owners));
+        // Keep the newest sample at or before `at - window` as the window's
+        // start, and the previous sample whatever the window (a window
+        // shorter than the interval measures the last interval).
+        while self.history.len() > 2 && at.duration_since(self.history[1].0) >= self.window {
+            self.history.pop_front();
+        }
+        let (from_at, from) = self.history[0];
+        // Divided by the whole window even while the watch is younger than
+        // it: a burst just after the start is one burst, not a rate.
+        let span = at
+            .duration_since(from_at)
+            .max(self.window)
+            .as_secs_f64()
+            .max(1e-9);
+        let rate = owners.saturating_sub(from) as f64 / span;
+        if rate > self.limit {
+            let begins = !self.churning;
+            self.churning = true;
+            begins.then_some(rate)
+        } else {
+            self.churning = false;
+            None
+        }
+    }
 }
 
 /// Hands an alarm to the callback, and with the `tracing` feature logs it
@@ -174,8 +327,10 @@ fn name_counts() -> HashMap<String, usize> {
 
 impl ThreadWatch {
     /// Starts the watch on its own thread (named `pinned-watch`), calling
-    /// `on_alarm` there. A thread-growth alarm is raised once per episode:
-    /// again only after the count has come back under the threshold.
+    /// `on_alarm` there. Each kind of alarm is raised once per episode:
+    /// again only after the count or the rate has come back under its
+    /// threshold. Start it after the application's pools (see
+    /// [`ThreadWatch`]).
     ///
     /// # Errors
     /// `Unsupported` where the thread count cannot be read (not Linux);
@@ -199,18 +354,15 @@ impl ThreadWatch {
                 let mut baseline: Option<(usize, HashMap<String, usize>)> = None;
                 let mut above_since: Option<Instant> = None;
                 let mut raised = false;
-                let (mut last_owners, mut last_at) = (owners_started(), Instant::now());
+                let mut churn = ChurnMeter::new(&config, Instant::now(), owners_started());
                 while nap(config.interval, &flag) {
                     // The watch's own thread is not the service's: leave it out.
                     let Some(count) = threads::thread_count().map(|c| c.saturating_sub(1)) else {
                         continue;
                     };
 
-                    let (owners, at) = (owners_started(), Instant::now());
-                    let rate =
-                        (owners - last_owners) as f64 / at.duration_since(last_at).as_secs_f64().max(1e-9);
-                    (last_owners, last_at) = (owners, at);
-                    if rate > config.max_owner_starts_per_sec {
+                    let at = Instant::now();
+                    if let Some(rate) = churn.sample(at, owners_started()) {
                         raise(&mut on_alarm, &Alarm::OwnerChurn { per_second: rate });
                     }
 

@@ -471,17 +471,21 @@ fn a_watch_stops_at_once_whatever_its_interval_and_outlives_a_panicking_callback
         ThreadWatch::start(forever, |_| ()).unwrap().stop(); // returns: no nap to sleep out
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&calls);
-        let always = WatchConfig::default()
+        // Every owner start is an episode of churn (alarms are raised once
+        // per episode: one start, then a quiet window, then the next).
+        let each_start = WatchConfig::default()
             .interval(Duration::from_millis(5))
-            .max_owner_starts_per_sec(-1.0); // every sample raises an alarm
-        let watch = ThreadWatch::start(always, move |_| {
+            .max_owner_starts_per_sec(0.0)
+            .owner_churn_window(Duration::from_millis(20));
+        let watch = ThreadWatch::start(each_start, move |_| {
             if seen.fetch_add(1, Ordering::SeqCst) == 0 {
                 panic!("bomb: an alarm callback panicked");
             }
         })
         .unwrap();
         while calls.load(Ordering::SeqCst) < 3 {
-            std::thread::sleep(Duration::from_millis(5));
+            drop(PinnedWorker::spawn(|| Ok::<_, std::io::Error>(())).unwrap());
+            std::thread::sleep(Duration::from_millis(60));
         }
         watch.stop();
     });
