@@ -250,10 +250,13 @@ fn take_release(releases: &Receiver<u64>, shared: &Shared) -> Option<u64> {
 /// thread, in happens-before order) has its value freed before the job
 /// runs, however busy the queue. Returns the panics contained.
 fn release_pending<S>(releases: &Receiver<u64>, shared: &Shared, owner: Option<&mut OwnerState<S>>) -> u32 {
-    // ORDERING: Acquire pairs with `Bound::drop`'s Release increment, which
-    // follows its send: a drop that happened before the job this owner
-    // just took (the take is an Acquire of the job's publication) is seen
-    // here, and its message with it.
+    // ORDERING: a drop that happened before the job this owner just took
+    // incremented the count before that job was sent, and taking the job
+    // synchronises with its send (the channel's Release/Acquire), so this
+    // load sees the increment (and the release message, sent before it).
+    // Acquire pairs with the increment's Release for drops ordered with
+    // this owner by other means. Model-checked:
+    // `loom_a_value_released_before_a_submit_is_freed_before_that_job_runs`.
     if shared.releases_pending.load(Ordering::Acquire) == 0 {
         return 0;
     }

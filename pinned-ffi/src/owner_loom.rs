@@ -111,3 +111,20 @@ fn loom_a_ticket_racing_close_is_run_or_refused_never_lost() {
         assert!(matches!(got, Ok(Ok(7)) | Err(Error::Closed)), "{got:?}");
     });
 }
+
+#[test]
+fn loom_a_value_released_before_a_submit_is_freed_before_that_job_runs() {
+    model(|| {
+        let (w, core) = unstarted();
+        let owner = start(core);
+        let drops = Arc::new(AtomicUsize::new(0));
+        let token = Token(Arc::clone(&drops));
+        let handle = w.bind(move |_| token).unwrap();
+        drop(handle);
+        let seen = Arc::clone(&drops);
+        let freed = w.submit(move |_| seen.load(Ordering::SeqCst)).unwrap().wait();
+        assert_eq!(freed, Ok(1), "the job ran before the released value was freed");
+        w.close().unwrap();
+        owner.join().unwrap();
+    });
+}

@@ -68,7 +68,7 @@ pub(crate) struct Shared {
     /// own, and dropping the handle does not wait for it.
     pub(crate) detached: AtomicBool,
     /// Releases of owner-bound values sent and not yet taken.
-    pub(crate) releases_pending: AtomicUsize,
+    pub(crate) releases_pending: crate::sync::AtomicUsize,
     /// When the running job started, for the watchdog.
     pub(crate) health: crate::health::Health,
 }
@@ -107,7 +107,7 @@ impl Shared {
             rejected_by_closer: AtomicU64::new(0),
             contained_by_closer: AtomicU64::new(0),
             detached: AtomicBool::new(false),
-            releases_pending: AtomicUsize::new(0),
+            releases_pending: crate::sync::AtomicUsize::new(0),
             health: crate::health::Health::new(config_hang_limit),
         }
     }
