@@ -1,7 +1,7 @@
 //! The part of a worker shared by its handle, its callers and its owner
 //! thread(s): flags, counters, the doorbell and the exit handshake.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
