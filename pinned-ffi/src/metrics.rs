@@ -258,8 +258,8 @@ impl fmt::Display for MetricsSnapshot {
 impl MetricsSnapshot {
     /// Publishes this snapshot to the installed `metrics` recorder, every
     /// series labelled `worker=<name>`: the job counters as absolute
-    /// counters (`pinned_ffi_jobs_<kind>_total`), the queue depth as a
-    /// gauge, and the queue-wait and run-time p50/p99/max as gauges in
+    /// counters (`pinned_ffi_jobs_<kind>_total`, `pinned_ffi_hangs_total`),
+    /// the queue depth and health (`pinned_ffi_healthy`, 1 or 0) as gauges, and the queue-wait and run-time p50/p99/max as gauges in
     /// seconds with a `quantile` label. Call it on a timer.
     ///
     /// ```
@@ -279,10 +279,16 @@ impl MetricsSnapshot {
             ("pinned_ffi_jobs_cancelled_total", self.cancelled),
             ("pinned_ffi_reinits_total", self.reinits),
             ("pinned_ffi_contained_panics_total", self.contained_panics),
+            ("pinned_ffi_hangs_total", self.hangs),
         ] {
             metrics::counter!(name, "worker" => w.clone()).absolute(value);
         }
         metrics::gauge!("pinned_ffi_queue_depth", "worker" => w.clone()).set(self.queue_depth as f64);
+        metrics::gauge!("pinned_ffi_healthy", "worker" => w.clone()).set(if self.healthy {
+            1.0
+        } else {
+            0.0
+        });
         for (name, s) in [
             ("pinned_ffi_queue_wait_seconds", &self.queue_wait),
             ("pinned_ffi_run_seconds", &self.run_time),

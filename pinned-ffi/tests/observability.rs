@@ -13,11 +13,23 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-/// Records the fields of every span it is told about.
+/// Records the fields of every span and event it is told about.
 #[derive(Default)]
 struct Spans {
     next: AtomicU64,
     seen: Mutex<Vec<HashMap<String, String>>>,
+    events: Mutex<Vec<HashMap<String, String>>>,
+}
+
+/// The process-wide subscriber (the watchdog logs from its own thread, so
+/// a thread-local default would not see it).
+fn subscriber() -> &'static Spans {
+    static SPANS: std::sync::OnceLock<&'static Spans> = std::sync::OnceLock::new();
+    SPANS.get_or_init(|| {
+        let spans: &'static Spans = Box::leak(Box::default());
+        tracing::subscriber::set_global_default(spans).unwrap();
+        spans
+    })
 }
 
 struct Fields<'a>(&'a mut HashMap<String, String>);
@@ -44,15 +56,19 @@ impl Subscriber for &'static Spans {
     }
     fn record(&self, _: &Id, _: &Record<'_>) {}
     fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, _: &Event<'_>) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = HashMap::new();
+        fields.insert("level".to_owned(), event.metadata().level().to_string());
+        event.record(&mut Fields(&mut fields));
+        self.events.lock().unwrap().push(fields);
+    }
     fn enter(&self, _: &Id) {}
     fn exit(&self, _: &Id) {}
 }
 
 #[test]
 fn jobs_run_in_spans_with_pool_index_and_label() {
-    let spans: &'static Spans = Box::leak(Box::default());
-    tracing::subscriber::set_global_default(spans).unwrap();
+    let spans = subscriber();
     let pool = Pool::builder(2)
         .name("gpu")
         .spawn(|_| Ok::<_, std::io::Error>(()))
@@ -78,6 +94,42 @@ fn jobs_run_in_spans_with_pool_index_and_label() {
         ("0", ""),
         "the label ended with its scope"
     );
+}
+
+#[test]
+fn a_hung_owner_is_logged_as_a_warning_once() {
+    let spans = subscriber();
+    let w = pinned_ffi::PinnedWorker::builder()
+        .name("stuck-hsm")
+        .hang_limit(std::time::Duration::from_millis(10))
+        .spawn(|| Ok::<_, std::io::Error>(()))
+        .unwrap();
+    w.run(|_| std::thread::sleep(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while w.metrics().hangs == 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "never reported"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let warned: Vec<_> = spans
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("worker").map(String::as_str) == Some("stuck-hsm"))
+        .cloned()
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["level"], "WARN");
+    assert!(warned[0]["message"].contains("hang limit"), "{warned:?}");
+    let recorder = Last::default();
+    metrics::with_local_recorder(&recorder, || w.metrics().export());
+    let got = recorder.0.lock().unwrap().clone();
+    assert_eq!(got["pinned_ffi_hangs_total{worker=stuck-hsm}"], 1.0);
+    assert_eq!(got["pinned_ffi_healthy{worker=stuck-hsm}"], 1.0);
 }
 
 /// Keeps the last value of every series it is given.
