@@ -75,7 +75,7 @@ impl<S> Core<S> {
     }
 
     /// Counts panics contained on the owner outside jobs' own catches.
-    fn contained(&self, panics: u32) {
+    pub(crate) fn contained(&self, panics: u32) {
         if panics > 0 {
             Counters::add(&self.shared.counters.contained, u64::from(panics));
         }
