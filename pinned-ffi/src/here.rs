@@ -326,7 +326,8 @@ impl<S: 'static> OwnerLoop<S> {
     /// [`Error::Panicked`], and the panic policy decides what follows
     /// (`Keep` goes on; `Reinit` drops the state and re-runs `init` here,
     /// on this thread; `Stop` refuses later jobs and returns once the
-    /// queue is answered).
+    /// queue is answered and no caller is being refused at that moment;
+    /// at the latest when the worker is closed or its handle dropped).
     ///
     /// Afterwards this thread is no longer an owner: it may call on the
     /// worker (which refuses: it is closed), on other workers, or own
