@@ -95,8 +95,11 @@ impl Builder {
     ///   and traces), [`cpus`](Self::cpus) is not applied (its placement is
     ///   the caller's business), and [`stack_size`](Self::stack_size)
     ///   cannot size it: the job and result limits
-    ///   ([`MAX_RESULT`](PinnedWorker::MAX_RESULT)) follow what is left of
-    ///   this thread's stack here (on Linux) when that is smaller.
+    ///   ([`MAX_RESULT`](PinnedWorker::MAX_RESULT)) follow this thread's
+    ///   stack size (on Linux, to 64 KiB; a main thread's is its `ulimit
+    ///   -s`) when that is smaller than the size set or the default 8 MiB.
+    ///   As on a spawned owner, they assume the loop runs near the top of
+    ///   the stack: call [`run`](OwnerLoop::run) from a shallow frame.
     /// - A re-initialisation ([`PanicPolicy::Reinit`](crate::PanicPolicy::Reinit),
     ///   or the [`Breaker`](crate::Breaker) after its cooldown) drops the
     ///   state and runs `init` again *on this thread*: there is no fresh
@@ -106,8 +109,9 @@ impl Builder {
     /// - Until its loop returns, this thread is the owner: its own blocking
     ///   calls on the worker (`run`, `close`, waiting on a ticket) are
     ///   refused with [`Error::Reentrant`], since only this thread could
-    ///   serve them. Dropping the handle here is a close that does not wait
-    ///   (the loop, when run, serves what was accepted and returns).
+    ///   serve them. A `close` here stops intake all the same, and dropping
+    ///   the handle here is a close that does not wait: the loop, when run,
+    ///   serves what was accepted and returns.
     ///
     /// A thread owns one worker at a time.
     ///
@@ -152,7 +156,11 @@ impl Builder {
         }
         let mut config = self;
         let configured = config.stack_size.unwrap_or(DEFAULT_OWNER_STACK);
-        config.stack_size = Some(stack_left().map_or(configured, |left| left.min(configured)));
+        // To 64 KiB: a main thread's stack is its limit less a guard page,
+        // and should take what a default owner's 8 MiB takes.
+        let size = this_stack_size()
+            .map(|size| size.saturating_add(STACK_ROUNDING - 1) / STACK_ROUNDING * STACK_ROUNDING);
+        config.stack_size = Some(size.map_or(configured, |size| size.min(configured)));
         // As in `spawn`: the queue's bound is the worker's `Room`.
         let (tx, rx) = channel::unbounded();
         let handle_rx = rx.clone();
@@ -387,10 +395,13 @@ fn leave(shared: &Shared) {
     shared.bell.clear_owner();
 }
 
-/// How much of the calling thread's stack is left below this frame, where
-/// the OS says (Linux: `pthread_getattr_np`, which knows the main thread's
-/// too). Stacks grow down on every Linux target Rust supports.
-fn stack_left() -> Option<usize> {
+/// A caller's stack size is rounded up to this before it sets the job and
+/// result limits (a small fraction of the margin they keep).
+const STACK_ROUNDING: usize = 64 << 10;
+
+/// The calling thread's stack size, where the OS says (Linux:
+/// `pthread_getattr_np`, which knows the main thread's too: its limit).
+fn this_stack_size() -> Option<usize> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: `pthread_attr_t` is plain data; all-zero is a valid
@@ -401,19 +412,13 @@ fn stack_left() -> Option<usize> {
         if unsafe { libc::pthread_getattr_np(libc::pthread_self(), &mut attr) } != 0 {
             return None;
         }
-        let mut low: *mut libc::c_void = std::ptr::null_mut();
         let mut size: libc::size_t = 0;
         // SAFETY: `attr` was initialised by the successful call above; the
-        // out-pointers are valid locals.
-        let rc = unsafe { libc::pthread_attr_getstack(&attr, &mut low, &mut size) };
+        // out-pointer is a valid local.
+        let rc = unsafe { libc::pthread_attr_getstacksize(&attr, &mut size) };
         // SAFETY: initialised above and destroyed once, here.
         unsafe { libc::pthread_attr_destroy(&mut attr) };
-        if rc != 0 {
-            return None;
-        }
-        let marker = 0u8;
-        let here = std::hint::black_box(std::ptr::addr_of!(marker)) as usize;
-        here.checked_sub(low as usize)
+        (rc == 0 && size > 0).then_some(size)
     }
     #[cfg(not(target_os = "linux"))]
     {

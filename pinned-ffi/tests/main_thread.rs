@@ -79,7 +79,11 @@ impl Sdk {
 /// the driver's result. Fails if the loop does not return within a minute.
 fn drive<S: 'static, R: Send>(owner_loop: OwnerLoop<S>, driver: impl FnOnce() -> R + Send) -> R {
     std::thread::scope(|s| {
-        let d = s.spawn(driver);
+        // Room for the largest results a job may return (see MAX_RESULT).
+        let d = std::thread::Builder::new()
+            .stack_size(16 << 20)
+            .spawn_scoped(s, driver)
+            .unwrap();
         let t0 = Instant::now();
         owner_loop.run();
         assert!(on_main(), "run returned on the main thread");
@@ -107,6 +111,7 @@ fn jobs_from_threads_and_tasks_run_on_main() {
     assert_eq!(w.name(), "main-owner");
     // This thread owns the worker: waiting on it here could never end.
     assert_eq!(w.run(|s| s.calls), Err(Error::Reentrant));
+    assert_eq!(w.submit(|s| s.calls).unwrap().wait(), Err(Error::Reentrant));
     let w = Arc::new(w);
     let main = pid();
     let ok_jobs = drive(owner_loop, || {
@@ -241,6 +246,65 @@ fn after_the_loop_the_main_thread_can_host_another_owner() {
         n
     });
     assert_eq!(n, 1);
+}
+
+/// A failed init leaves the thread as it was; the job and result limits
+/// follow the owner's stack, the main thread's or a smaller one.
+fn failed_inits_and_stack_limits() {
+    let err = PinnedWorker::<()>::on_this_thread(|| Err::<(), _>("no display")).unwrap_err();
+    assert!(matches!(err, pinned_ffi::SpawnError::Init("no display")));
+    let err = PinnedWorker::<()>::on_this_thread(|| -> Result<(), String> { panic!("expected: init") })
+        .unwrap_err();
+    assert!(matches!(err, pinned_ffi::SpawnError::InitPanicked(ref m) if m.contains("init")));
+    // Not left marked as an owner: a blocking call works, and so does the
+    // next owner.
+    let spawned = PinnedWorker::spawn(|| Ok::<_, std::io::Error>(())).unwrap();
+    assert_ne!(spawned.run(|_| tid()).unwrap(), pid());
+    const MAX: usize = PinnedWorker::<()>::MAX_RESULT;
+    let (w, owner_loop) = PinnedWorker::on_this_thread(|| Ok::<_, std::io::Error>(())).unwrap();
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid resource and a writable rlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) }, 0);
+    let main_has_8_mib = limit.rlim_cur >= 8 << 20;
+    let (big, too_big) = drive(owner_loop, || {
+        let big = w.submit(|_| [1u8; MAX]).map(|t| t.wait().map(|a| a.len()));
+        let too_big = w.submit(|_| [1u8; MAX + 1]).err();
+        w.close().unwrap();
+        (big, too_big)
+    });
+    if main_has_8_mib {
+        assert_eq!(
+            big,
+            Ok(Ok(MAX)),
+            "the main thread takes what a default owner takes"
+        );
+    }
+    assert!(matches!(too_big, Some(Error::ResultTooLarge { .. })));
+    // An owner on a 256 KiB thread refuses a result its stack could not
+    // hold, which a spawned owner takes. (glibc may give a thread a cached
+    // stack up to four times the size asked: 1 MiB, whose limit is 128 KiB.)
+    const SOME: usize = 160 << 10;
+    assert_eq!(spawned.run(|_| [3u8; SOME]).unwrap().len(), SOME);
+    std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(|| {
+            let (w, owner_loop) = PinnedWorker::on_this_thread(|| Ok::<_, std::io::Error>(())).unwrap();
+            let refused = w.submit(|_| [1u8; SOME]).err();
+            assert!(
+                matches!(refused, Some(Error::ResultTooLarge { limit, .. }) if limit <= 128 << 10),
+                "{refused:?}"
+            );
+            let small = w.submit(|_| [2u8; 8 << 10]).unwrap();
+            drop(w);
+            owner_loop.run();
+            assert_eq!(small.wait().unwrap()[0], 2);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }
 
 /// `run_here`: the body on a scoped thread, the loop here; the worker
@@ -438,6 +502,7 @@ fn main() {
             "after_the_loop_the_main_thread_can_host_another_owner",
             after_the_loop_the_main_thread_can_host_another_owner,
         ),
+        ("failed_inits_and_stack_limits", failed_inits_and_stack_limits),
         (
             "run_here_serves_the_body_and_closes_after_it",
             run_here_serves_the_body_and_closes_after_it,
