@@ -1,5 +1,6 @@
 //! The owner thread: its loop, how it drains on exit, and how it moves its
-//! work to a fresh thread on re-initialisation.
+//! work to a fresh thread on re-initialisation (or, on a caller's thread
+//! made owner by `here.rs`, re-initialises in place).
 
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
