@@ -14,14 +14,18 @@ pub enum PanicPolicy {
     Keep,
     /// Drop the state on its owner thread, end that thread (and its
     /// `__thread` storage), and run `init` again on a fresh owner thread.
+    /// An owner on a caller's thread ([`Builder::on_this_thread`]) stays:
+    /// the state is dropped and `init` runs again on that same thread.
     Reinit,
     /// Stop the worker: later jobs get [`Error::Stopped`](crate::Error::Stopped).
+    /// An [`OwnerLoop`](crate::OwnerLoop) returns from `run` then.
     Stop,
 }
 
 /// The circuit breaker: after `max_panics` panics within `window`, callers
 /// fail fast with [`Error::Broken`](crate::Error::Broken) for `cooldown`; then the state is
-/// re-initialised on a fresh owner thread, and the breaker closes once that
+/// re-initialised on a fresh owner thread (in place, on the same thread,
+/// for [`Builder::on_this_thread`]), and the breaker closes once that
 /// succeeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -21,10 +21,15 @@
 //!    queue, cancellation, panic policies with a circuit breaker,
 //!    owner-bound values ([`Bound`]), a watchdog for hung owners
 //!    ([`Builder::hang_limit`]), deadlock detection and metrics.
-//! 2. [`Pool<S>`]: N owners with least-loaded, round-robin and keyed
+//! 2. The calling thread as the owner, for SDKs that must be called on the
+//!    process's main thread: [`Builder::on_this_thread`] returns the
+//!    worker and an [`OwnerLoop`] that the thread runs until the worker
+//!    closes; [`PinnedWorker::run_here`] runs a body on a scoped thread
+//!    meanwhile (see "The main thread as owner" below).
+//! 3. [`Pool<S>`]: N owners with least-loaded, round-robin and keyed
 //!    ([`KeyRouting`]) dispatch, every submission form through the
 //!    dispatch or a [`Route`] (by key or index).
-//! 3. Operations: [`threads`], [`placement`], [`ThreadWatch`] (the
+//! 4. Operations: [`threads`], [`placement`], [`ThreadWatch`] (the
 //!    accidental-pinning detector), optional `tracing` spans and `metrics`
 //!    export.
 //!
@@ -55,6 +60,42 @@
 //! assert_eq!(worker.run(|sdk| sdk.calls)?, 2);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # The main thread as owner
+//!
+//! Some SDKs must be called on the process's main thread (macOS AppKit and
+//! Metal set-up, several GUI and game SDKs), so no spawned owner will do.
+//! [`Builder::on_this_thread`] makes the *calling* thread the owner: it
+//! runs `init` there and returns the usual `Send + Sync` handle with an
+//! [`OwnerLoop`], which must stay on that thread and serves the jobs from
+//! [`OwnerLoop::run`] until the worker is closed. Panic policies, closing,
+//! [`Bound`] values, metrics and the deadlock detector hold as on a
+//! spawned owner; a re-initialisation drops the state and runs `init`
+//! again on the same thread, which is never renamed or re-pinned.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use pinned_ffi::PinnedWorker;
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let (sdk, owner_loop) = PinnedWorker::builder()
+//!         .name("appkit")
+//!         .on_this_thread(|| Ok::<_, std::io::Error>(std::rc::Rc::new(0u32)))?; // `!Send` state
+//!     let sdk = Arc::new(sdk);
+//!     let app = {
+//!         let sdk = Arc::clone(&sdk);
+//!         std::thread::spawn(move || {
+//!             let rt = tokio::runtime::Runtime::new().unwrap();
+//!             let n = rt.block_on(async { sdk.call(|s| **s + 1).await }).unwrap();
+//!             sdk.close().unwrap(); // the app is done: the main loop returns
+//!             n
+//!         })
+//!     };
+//!     owner_loop.run(); // main serves the SDK calls, then drops the state here
+//!     assert_eq!(app.join().unwrap(), 1);
+//!     Ok(())
+//! }
+//! ```
 
 mod admit;
 mod bound;
@@ -64,6 +105,7 @@ mod deadline;
 mod doorbell;
 mod error;
 mod health;
+mod here;
 mod job;
 mod keys;
 mod labels;
@@ -95,6 +137,7 @@ pub use config::{Breaker, Builder, PanicPolicy};
 pub use deadline::DeadlineError;
 pub use error::{Error, SpawnError, TrySubmitError};
 pub use health::Hang;
+pub use here::OwnerLoop;
 pub use keys::KeyRouting;
 pub use labels::with_label;
 pub use metrics::{MetricsSnapshot, Summary};

@@ -1,5 +1,6 @@
 //! The owner thread: its loop, how it drains on exit, and how it moves its
-//! work to a fresh thread on re-initialisation.
+//! work to a fresh thread on re-initialisation (or, on a caller's thread
+//! made owner by `here.rs`, re-initialises in place).
 
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
@@ -45,6 +46,9 @@ pub(crate) struct Core<S> {
     pub(crate) reinit_failures: u32,
     /// A `Stop` was seen: drain the mailboxes and exit.
     pub(crate) stopping: bool,
+    /// The owner is a caller's thread (see `here.rs`): re-initialise on
+    /// this thread instead of moving to a fresh one.
+    pub(crate) in_place: bool,
 }
 
 impl<S> Core<S> {
@@ -67,11 +71,12 @@ impl<S> Core<S> {
             last_reinit: None,
             reinit_failures: 0,
             stopping: false,
+            in_place: false,
         }
     }
 
     /// Counts panics contained on the owner outside jobs' own catches.
-    fn contained(&self, panics: u32) {
+    pub(crate) fn contained(&self, panics: u32) {
         if panics > 0 {
             Counters::add(&self.shared.counters.contained, u64::from(panics));
         }
@@ -338,7 +343,15 @@ pub(crate) fn owner_thread<S: 'static>(core: Core<S>, owner: Option<OwnerState<S
                 shared.mark_exited();
                 return;
             }
-            Ok(Step::Reinit(job)) => {
+            Ok(Step::Reinit(mut job)) => {
+                if let Some(core) = thread.core.as_mut().filter(|c| c.in_place) {
+                    // The thread is the point (a process's main thread):
+                    // the state was dropped here, and is made again here.
+                    space_reinit(core);
+                    thread.owner = reinit_here(core, &mut job, Ok(()));
+                    pending = job;
+                    continue;
+                }
                 let Some(core) = thread.core.take() else { return };
                 match respawn(core, job) {
                     Ok(()) => return, // the fresh thread carries on
@@ -504,7 +517,7 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
 /// published after `closed` was set, so its poster sees `closed` when it
 /// checks (`Owner::taking`), waits for this thread's exit and takes its job
 /// back.
-fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
+pub(crate) fn drain_rejecting<S: 'static>(core: &mut Core<S>, error: Error) {
     let shared = Arc::clone(&core.shared);
     // ORDERING: see `PinnedWorker::enter`; the fence orders the store
     // before the mailbox scans below (see `Owner::taking`).
@@ -539,6 +552,59 @@ fn reinit_spacing(failures: u32) -> Duration {
         .min(REINIT_MAX_SPACING)
 }
 
+/// Waits out the spacing between re-init attempts (see [`respawn`]) and
+/// notes this attempt's start.
+fn space_reinit<S>(core: &mut Core<S>) {
+    let spacing = reinit_spacing(core.reinit_failures);
+    if let Some(last) = core.last_reinit {
+        let since = last.elapsed();
+        if since < spacing {
+            thread::sleep(spacing - since);
+        }
+    }
+    core.last_reinit = Some(Instant::now());
+}
+
+/// Re-runs `init` on this thread, the owner now (`entered` says whether it
+/// could become one). On success the breaker closes; on failure it trips
+/// and `pending` is answered with the reason. Returns the new state, if any.
+fn reinit_here<S: 'static>(
+    core: &mut Core<S>,
+    pending: &mut Option<Msg<S>>,
+    entered: std::io::Result<()>,
+) -> Option<OwnerState<S>> {
+    let shared = Arc::clone(&core.shared);
+    Counters::bump(&shared.counters.reinits);
+    let made = match entered {
+        Ok(()) => match catch(&mut core.init) {
+            Ok(Ok(state)) => Ok(state),
+            Ok(Err(e)) => Err(format!("re-init failed: {e}")),
+            Err(caught) => {
+                core.contained(u32::from(caught.payload_panicked));
+                Err(format!("re-init panicked: {}", caught.message))
+            }
+        },
+        Err(e) => Err(format!("re-init could not set the CPU set: {e}")),
+    };
+    match made {
+        Ok(state) => {
+            core.reinit_failures = 0;
+            shared.heal();
+            Some(OwnerState::new(state))
+        }
+        Err(reason) => {
+            core.reinit_failures = core.reinit_failures.saturating_add(1);
+            let cooldown = core.cooldown().max(reinit_spacing(core.reinit_failures));
+            shared.trip(reason.clone(), cooldown);
+            if let Some(job) = pending.take() {
+                Counters::bump(&shared.counters.rejected);
+                core.contained(job.reject(Error::Broken(reason)));
+            }
+            None
+        }
+    }
+}
+
 /// Starts a fresh owner thread that re-runs `init` and carries on the loop
 /// with `pending` first. Attempts are spaced at least
 /// [`REINIT_MIN_SPACING`] apart (more after failures in a row). If `init`
@@ -550,14 +616,7 @@ fn respawn<S: 'static>(
     pending: Option<Msg<S>>,
 ) -> Result<(), Box<(Core<S>, Option<Msg<S>>)>> {
     let shared = Arc::clone(&core.shared);
-    let spacing = reinit_spacing(core.reinit_failures);
-    if let Some(last) = core.last_reinit {
-        let since = last.elapsed();
-        if since < spacing {
-            thread::sleep(spacing - since);
-        }
-    }
-    core.last_reinit = Some(Instant::now());
+    space_reinit(&mut core);
     // The job and core move into the new thread; keep a way back if the
     // thread cannot be created.
     let slot: Arc<Mutex<Option<(Core<S>, Option<Msg<S>>)>>> = Arc::new(Mutex::new(Some((core, pending))));
@@ -567,36 +626,8 @@ fn respawn<S: 'static>(
             return;
         };
         drop(theirs);
-        let shared = Arc::clone(&core.shared);
-        Counters::bump(&shared.counters.reinits);
-        let made = match shared.enter_owner_thread() {
-            Ok(()) => match catch(&mut core.init) {
-                Ok(Ok(state)) => Ok(state),
-                Ok(Err(e)) => Err(format!("re-init failed: {e}")),
-                Err(caught) => {
-                    core.contained(u32::from(caught.payload_panicked));
-                    Err(format!("re-init panicked: {}", caught.message))
-                }
-            },
-            Err(e) => Err(format!("re-init could not set the CPU set: {e}")),
-        };
-        let owner = match made {
-            Ok(state) => {
-                core.reinit_failures = 0;
-                shared.heal();
-                Some(OwnerState::new(state))
-            }
-            Err(reason) => {
-                core.reinit_failures = core.reinit_failures.saturating_add(1);
-                let cooldown = core.cooldown().max(reinit_spacing(core.reinit_failures));
-                shared.trip(reason.clone(), cooldown);
-                if let Some(job) = pending.take() {
-                    Counters::bump(&shared.counters.rejected);
-                    core.contained(job.reject(Error::Broken(reason)));
-                }
-                None
-            }
-        };
+        let entered = core.shared.enter_owner_thread();
+        let owner = reinit_here(&mut core, &mut pending, entered);
         owner_thread(core, owner, pending);
     });
     match spawned {

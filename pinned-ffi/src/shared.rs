@@ -119,6 +119,19 @@ impl Shared {
 
     /// Runs first on every owner thread: marks it, applies the CPU set.
     pub(crate) fn enter_owner_thread(&self) -> std::io::Result<()> {
+        self.mark_owner_thread();
+        match &self.config.cpus {
+            Some(cpus) => crate::threads::set_current_affinity(cpus),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes the calling thread this worker's owner: the deadlock
+    /// detector's marker, the owner count, the thread id and the thread
+    /// producers unpark. Everything [`enter_owner_thread`](Self::enter_owner_thread)
+    /// does but the CPU set (an owner on a caller's thread keeps its
+    /// placement; see `here.rs`).
+    pub(crate) fn mark_owner_thread(&self) {
         crate::waits::become_owner_of(self.id);
         // ORDERING: a statistic.
         OWNERS_STARTED.fetch_add(1, Ordering::Relaxed);
@@ -126,10 +139,6 @@ impl Shared {
         self.owner_tid
             .store(crate::threads::current_tid(), Ordering::Relaxed);
         self.bell.set_owner(crate::sync::current());
-        match &self.config.cpus {
-            Some(cpus) => crate::threads::set_current_affinity(cpus),
-            None => Ok(()),
-        }
     }
 
     pub(crate) fn nanos_now(&self) -> u64 {

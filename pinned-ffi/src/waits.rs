@@ -63,6 +63,16 @@ pub(crate) fn become_owner_of(id: u64) {
     OWNER_OF.with(|o| o.set(id));
 }
 
+/// This thread is no longer worker `id`'s owner (its loop returned on a
+/// caller's thread, see `here.rs`); a mark for another worker is kept.
+pub(crate) fn leave_owner_of(id: u64) {
+    OWNER_OF.with(|o| {
+        if o.get() == id {
+            o.set(0);
+        }
+    });
+}
+
 /// The worker whose owner thread the caller is on, if any.
 #[inline]
 pub(crate) fn owner_of_current_thread() -> Option<u64> {

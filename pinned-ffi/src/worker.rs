@@ -40,7 +40,8 @@ use crate::waits;
 /// is timed for the queue-wait and run-time histograms.
 pub const TIMED_ONE_JOB_IN: u32 = 32;
 
-/// Owner threads started by this process so far (spawns and re-inits).
+/// Owner threads started by this process so far (spawns and re-inits,
+/// and threads made owners by [`Builder::on_this_thread`](crate::Builder::on_this_thread)).
 /// A rate far above the number of pools means something creates owners
 /// per request; [`ThreadWatch`](crate::ThreadWatch) watches it.
 ///
