@@ -25,8 +25,14 @@ use crate::worker::PinnedWorker;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct CloseReport {
-    /// Accepted jobs that never ran: their callers got
-    /// [`Error::Shutdown`].
+    /// Accepted jobs that never ran and were answered
+    /// [`Error::Shutdown`] by the time the close returned. Past the
+    /// deadline, a job the owner is refusing at that very moment, and a
+    /// blocking call ([`run`](crate::PinnedWorker::run)) posted behind a
+    /// running job (answered when that job ends), also get `Shutdown` but
+    /// may be missing here; the worker's
+    /// [`metrics`](crate::PinnedWorker::metrics) (`rejected`) count every
+    /// one.
     pub shut_down: u64,
     /// Owners still busy at the deadline (0 or 1 per worker): each was
     /// running a job, which cannot be interrupted. It finishes the job,

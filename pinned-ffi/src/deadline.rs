@@ -182,9 +182,7 @@ impl<S: 'static> PinnedWorker<S> {
         .await;
         match done {
             Some(r) => outcome(r),
-            None => outcome(Err(Error::TimedOut {
-                started: !ticket.withdraw(),
-            })),
+            None => outcome(ticket.give_up()),
         }
     }
 }

@@ -199,6 +199,8 @@ impl<R> Ticket<R> {
     /// cancelled if it has not started (it will never run):
     /// `Error::TimedOut { started: false }`; if it had started it runs to
     /// completion and its result is discarded: `TimedOut { started: true }`.
+    /// An outcome that arrives as the time runs out (a result, or a
+    /// refusal such as `Broken`) is returned as it is.
     ///
     /// ```
     /// use std::time::Duration;
@@ -241,14 +243,18 @@ impl<R> Ticket<R> {
         if slot.wait_until(self.spin, Some(deadline)) {
             return slot.take();
         }
-        let started = !cancel(&slot, &self.worker);
-        Err(Error::TimedOut { started })
+        give_up(&slot, &self.worker)
     }
 
-    /// Gives up on the job now: `true` if it had not started (it never
-    /// will, and its place in the queue is free).
-    pub(crate) fn withdraw(mut self) -> bool {
-        self.slot.take().is_some_and(|s| cancel(&s, &self.worker))
+    /// Gives up on the job now: `TimedOut { started: false }` if it had
+    /// not started (it never will, and its place in the queue is free);
+    /// its outcome if that came as the time ran out (a refusal is never
+    /// reported as a start); `TimedOut { started: true }` while it runs.
+    pub(crate) fn give_up(mut self) -> Result<R, Error> {
+        match self.slot.take() {
+            Some(slot) => give_up(&slot, &self.worker),
+            None => Err(Error::TimedOut { started: true }),
+        }
     }
 
     /// Lets the job run without anyone waiting for it: fire and forget.
@@ -313,6 +319,19 @@ impl<R> Drop for Ticket<R> {
 
 /// Gives up on the job: `true` if it had not started (it never will). A
 /// job still in the queue frees its place there at once.
+/// The outcome of a wait that ran out of time (see [`Ticket::give_up`]).
+fn give_up<R>(slot: &Carrier<R>, worker: &Shared) -> Result<R, Error> {
+    if cancel(slot, worker) {
+        return Err(Error::TimedOut { started: false });
+    }
+    // Not cancelled: running, or done (it ran, or the owner refused it)
+    // since the wait gave up. A done job's outcome is the truth.
+    if slot.is_done() {
+        return slot.take();
+    }
+    Err(Error::TimedOut { started: true })
+}
+
 fn cancel<R>(slot: &Carrier<R>, worker: &Shared) -> bool {
     match slot.cancel() {
         Some(queued) => {
