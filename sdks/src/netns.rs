@@ -132,11 +132,8 @@ fn inode_of(fd: BorrowedFd<'_>) -> Result<u64, NetnsError> {
 /// `setns(fd, CLONE_NEWNET)` on the calling thread.
 fn setns(fd: BorrowedFd<'_>) -> Result<(), NetnsError> {
     // SAFETY: a live fd; setns changes only the calling thread's namespace.
-    cvt(
-        unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-        "setns",
-    )
-    .map(drop)
+    let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+    cvt(rc, "setns").map(drop)
 }
 
 /// `unshare(CLONE_NEWNET)` on the calling thread.
@@ -165,10 +162,8 @@ fn ifreq(name: &str) -> Result<libc::ifreq, NetnsError> {
 /// `ioctl`s there.
 fn control_socket() -> Result<OwnedFd, NetnsError> {
     // SAFETY: plain socket creation; no pointers.
-    let fd = cvt(
-        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) },
-        "socket",
-    )?;
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = cvt(fd, "socket")?;
     // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -177,10 +172,8 @@ fn control_socket() -> Result<OwnedFd, NetnsError> {
 fn flags_here(sock: BorrowedFd<'_>, name: &str) -> Result<(libc::ifreq, c_short), NetnsError> {
     let mut req = ifreq(name)?;
     // SAFETY: a live socket and a valid `ifreq` the kernel fills in.
-    cvt(
-        unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) },
-        "ioctl(SIOCGIFFLAGS)",
-    )?;
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) };
+    cvt(rc, "ioctl(SIOCGIFFLAGS)")?;
     // SAFETY: SIOCGIFFLAGS wrote the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     Ok((req, flags))
@@ -362,11 +355,8 @@ impl Namespace {
         req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as c_short;
         // SAFETY: a live socket and an `ifreq` naming the interface, its
         // flags member just written.
-        cvt(
-            unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) },
-            "ioctl(SIOCSIFFLAGS)",
-        )
-        .map(drop)
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) };
+        cvt(rc, "ioctl(SIOCSIFFLAGS)").map(drop)
     }
 }
 
@@ -387,7 +377,7 @@ impl Drop for Namespace {
 
 /// The raw per-thread calls, without an owner: what the failure tests use
 /// to show the wrong results. Real code uses a [`Namespace`] on a worker;
-/// never call [`unshare_here`] on an async runtime's thread.
+/// never call [`unshare_here`](raw::unshare_here) on an async runtime's thread.
 pub mod raw {
     use super::{NetnsError, OwnedFd, Path, THREAD_NET_DEV, THREAD_NS};
     use std::io;
