@@ -46,7 +46,7 @@ fn init_runs_on_the_owner_thread_and_its_error_is_returned() {
     }
     let e = PinnedWorker::<()>::spawn(|| -> Result<(), Never> { panic!("init boom") }).unwrap_err();
     assert!(
-        matches!(e, SpawnError::InitPanicked(ref m) if m == "init boom"),
+        matches!(e, SpawnError::InitPanicked(ref m) if m.message() == "init boom"),
         "{e:?}"
     );
 }
@@ -86,8 +86,12 @@ fn run_carries_small_and_large_closures_and_results_alike() {
     let wide = u128::MAX - 5;
     assert_eq!(w.run(move |_| wide + 1).unwrap(), u128::MAX - 4);
     w.run(|_| ()).unwrap(); // zero-sized closure and result
-    assert!(matches!(w.run(|_| -> [u64; 16] { panic!("large") }), Err(Error::Panicked(m)) if m == "large"));
-    assert!(matches!(w.run(|_| -> u8 { panic!("small") }), Err(Error::Panicked(m)) if m == "small"));
+    assert!(
+        matches!(w.run(|_| -> [u64; 16] { panic!("large") }), Err(Error::Panicked(m)) if m.message() == "large")
+    );
+    assert!(
+        matches!(w.run(|_| -> u8 { panic!("small") }), Err(Error::Panicked(m)) if m.message() == "small")
+    );
     assert_eq!(w.run(|ctx| ctx.calls()).unwrap().unwrap(), 400);
 }
 

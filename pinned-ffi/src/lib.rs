@@ -83,7 +83,7 @@ pub use bound::Bound;
 pub use close::CloseReport;
 pub use config::{Breaker, Builder, PanicPolicy};
 pub use deadline::DeadlineError;
-pub use error::{Error, SpawnError, TrySubmitError};
+pub use error::{Error, Panic, SpawnError, TrySubmitError};
 pub use labels::with_label;
 pub use metrics::{MetricsSnapshot, Summary};
 pub use pool::{Dispatch, Pool, PoolBuilder};

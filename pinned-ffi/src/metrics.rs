@@ -173,13 +173,15 @@ pub struct MetricsSnapshot {
     pub reinits: u64,
     /// Panics in user code that the owner ran outside a job and caught:
     /// destructors of the state, of owner-bound values, of a cancelled or
-    /// rejected job's captures, of a panic payload, of a result whose
+    /// rejected job's captures, of a result (or a panic payload) whose
     /// caller had gone; a waker's `wake`; a panicking re-init's payload;
     /// and the panic that ended an owner thread's loop, if one ever does
     /// (see [`Error::OwnerDied`](crate::Error::OwnerDied)). The worker
     /// carries on after each (the panic hook still reports it). A job's own
     /// panic is counted in `panicked`, and a panicking init or re-init is
-    /// reported rather than counted here:
+    /// reported rather than counted here, and so is a job's panic payload,
+    /// which goes to the caller in [`Error::Panicked`](crate::Error::Panicked)
+    /// (its destructor's panic is contained wherever the caller drops it):
     /// [`SpawnError::InitPanicked`](crate::SpawnError::InitPanicked) from
     /// `spawn`, or
     /// [`Error::Broken`](crate::Error::Broken) with its message.
