@@ -318,7 +318,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nQueue wait of one worker (submission to start; sampled 1 job in {})",
+            "\nQueue wait of one worker (submission to start; sampled: each caller's first job, then 1 in {})",
             pinned_ffi::TIMED_ONE_JOB_IN
         );
         let _ = writeln!(

@@ -227,8 +227,10 @@ impl Builder {
     /// ```
     pub const MAX_SPIN: Duration = Duration::from_secs(1);
     /// Whether to time jobs for the queue-wait and run-time histograms
-    /// (default on). One job in [`TIMED_ONE_JOB_IN`](crate::TIMED_ONE_JOB_IN) per calling thread is
-    /// timed, with three clock reads; the others pay nothing.
+    /// (default on). Each calling thread's first job and then one in
+    /// [`TIMED_ONE_JOB_IN`](crate::TIMED_ONE_JOB_IN) are timed, with three
+    /// clock reads, and the owner times the run of one in that many of all
+    /// jobs with two; the others pay nothing.
     ///
     /// ```
     /// let w = pinned_ffi::PinnedWorker::builder().timings(false).spawn(|| Ok::<_, std::io::Error>(()))?;

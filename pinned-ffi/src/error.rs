@@ -1,7 +1,11 @@
 //! Errors: [`Error`] for the executor's outcomes, [`TrySubmitError`] and
-//! [`SpawnError`] for operations that refuse work or fail to start.
+//! [`SpawnError`] for operations that refuse work or fail to start, and
+//! [`Panic`], a panic caught on an owner thread with its original payload.
 
+use std::any::Any;
 use std::fmt;
+
+use crate::unwind::drop_carried_payload;
 
 /// Why the executor could not give a job's result.
 ///
@@ -10,9 +14,10 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The job panicked on the owner thread; the message is the panic's.
+    /// The job panicked on the owner thread: the panic's message and its
+    /// original payload (see [`Panic`]).
     #[error("job panicked on the owner thread: {0}")]
-    Panicked(String),
+    Panicked(Panic),
     /// The caller gave up waiting. `started: false` means the job was never
     /// run and never will be; `true` means it was running or done (a running
     /// C call cannot be interrupted) and its result is discarded.
@@ -137,9 +142,10 @@ pub enum SpawnError<E> {
     /// `init` returned an error on the owner thread.
     #[error("init failed on the owner thread: {0}")]
     Init(E),
-    /// `init` panicked on the owner thread.
+    /// `init` panicked on the owner thread: the panic's message and its
+    /// original payload (see [`Panic`]).
     #[error("init panicked on the owner thread: {0}")]
-    InitPanicked(String),
+    InitPanicked(Panic),
     /// The OS refused to create the thread, or the CPU set was rejected.
     #[error("cannot start the owner thread: {0}")]
     Os(#[from] std::io::Error),
@@ -153,5 +159,236 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+/// A panic caught on an owner thread: its message and, carried to the
+/// caller, its original payload, which can be downcast, taken, or re-raised
+/// with [`resume_unwind`](Self::resume_unwind).
+///
+/// The message is the payload's when it is a `&str` or a `String`, and
+/// `"non-string panic payload"` otherwise.
+///
+/// A payload is user code: if its destructor panics, that panic is caught
+/// (and reported by the panic hook) wherever the `Panic` is dropped, so
+/// dropping one never unwinds. A `Clone` has the message and no payload
+/// (a payload cannot be cloned); `==` compares messages only. A `Panic`
+/// is `Send + Sync`, so [`Error`] stays both: a payload that is not `Sync`
+/// is reached by value ([`take_payload`](Self::take_payload)) or through
+/// `&mut` ([`downcast_mut`](Self::downcast_mut)).
+///
+/// ```
+/// use pinned_ffi::{Error, PinnedWorker};
+///
+/// #[derive(Debug)]
+/// struct Code(u32);
+///
+/// let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+/// match w.run(|_| -> () { std::panic::panic_any(Code(42)) }) {
+///     Err(Error::Panicked(p)) => {
+///         assert_eq!(p.downcast_ref::<Code>().map(|c| c.0), Some(42));
+///         assert_eq!(p.message(), "non-string panic payload");
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Panic {
+    message: String,
+    payload: Option<Payload>,
+}
+
+/// A panic payload behind a wall that only `&mut` or ownership crosses,
+/// which makes it `Sync` whatever its type (as `sync_wrapper` does).
+struct Payload(Box<dyn Any + Send>);
+
+// SAFETY: a shared `&Payload` gives no access to the value inside except in
+// `Panic::downcast_ref`, which asks the value's type (`Any::type_id` reads
+// no data) and only then hands out a `&T` for a `T: Sync`, which may be
+// shared between threads. Everything else goes through `&mut` or by value,
+// which `Send` covers.
+unsafe impl Sync for Payload {}
+
+// A payload is what a panic left behind, there to be inspected or re-raised
+// after the panic: as `String` was before payloads were kept, `Error` stays
+// usable across `catch_unwind`.
+impl std::panic::UnwindSafe for Payload {}
+impl std::panic::RefUnwindSafe for Payload {}
+
+impl Panic {
+    /// A caught panic, from its payload.
+    pub(crate) fn new(payload: Box<dyn Any + Send>) -> Self {
+        Panic {
+            message: panic_message(&*payload),
+            payload: Some(Payload(payload)),
+        }
+    }
+
+    /// The panic's message.
+    ///
+    /// ```
+    /// use pinned_ffi::{Error, PinnedWorker};
+    /// let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// let Err(Error::Panicked(p)) = w.run(|_| -> () { panic!("boom {}", 7) }) else { unreachable!() };
+    /// assert_eq!(p.message(), "boom 7");
+    /// assert_eq!(p.to_string(), "boom 7");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The payload, if it is a `T` (and has not been taken).
+    ///
+    /// `T: Sync` because a `Panic` may be shared between threads; reach a
+    /// payload that is not `Sync` with [`downcast_mut`](Self::downcast_mut)
+    /// or [`take_payload`](Self::take_payload).
+    ///
+    /// ```
+    /// use pinned_ffi::{Error, PinnedWorker};
+    /// let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// let Err(Error::Panicked(p)) = w.run(|_| -> () { panic!("static") }) else { unreachable!() };
+    /// assert_eq!(p.downcast_ref::<&str>(), Some(&"static"));
+    /// assert!(p.downcast_ref::<String>().is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn downcast_ref<T: Any + Sync>(&self) -> Option<&T> {
+        self.payload.as_ref()?.0.downcast_ref::<T>()
+    }
+
+    /// The payload, mutably, if it is a `T` (and has not been taken).
+    ///
+    /// ```
+    /// use pinned_ffi::{Error, PinnedWorker};
+    /// let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// let Err(Error::Panicked(mut p)) = w.run(|_| -> () { std::panic::panic_any(std::cell::Cell::new(1u8)) })
+    /// else { unreachable!() };
+    /// let cell = p.downcast_mut::<std::cell::Cell<u8>>().expect("a Cell");
+    /// assert_eq!(cell.get(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn downcast_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.payload.as_mut()?.0.downcast_mut::<T>()
+    }
+
+    /// Takes the original payload out (`None` if it was taken already, or
+    /// for a `Panic` that never had one: a clone, or one made from a
+    /// message). The message stays.
+    ///
+    /// ```
+    /// use pinned_ffi::{Error, PinnedWorker};
+    /// let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// let Err(Error::Panicked(mut p)) = w.run(|_| -> () { std::panic::panic_any(5u64) }) else { unreachable!() };
+    /// let payload = p.take_payload().expect("the payload");
+    /// assert_eq!(payload.downcast_ref::<u64>(), Some(&5));
+    /// assert!(p.take_payload().is_none(), "taken once");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn take_payload(&mut self) -> Option<Box<dyn Any + Send>> {
+        self.payload.take().map(|p| p.0)
+    }
+
+    /// Re-raises the panic on this thread with its original payload, as
+    /// [`std::panic::resume_unwind`] does (the panic hook is not called
+    /// again). Without a payload, the payload is the message as a `String`.
+    ///
+    /// ```
+    /// use pinned_ffi::{Error, PinnedWorker};
+    /// let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+    /// let Err(Error::Panicked(p)) = w.run(|_| -> () { std::panic::panic_any(9i32) }) else { unreachable!() };
+    /// let again = std::panic::catch_unwind(move || p.resume_unwind()).unwrap_err();
+    /// assert_eq!(again.downcast_ref::<i32>(), Some(&9));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn resume_unwind(mut self) -> ! {
+        let payload = match self.take_payload() {
+            Some(payload) => payload,
+            None => Box::new(std::mem::take(&mut self.message)),
+        };
+        drop(self);
+        std::panic::resume_unwind(payload)
+    }
+}
+
+/// A `Panic` with this message and no payload (to report a panic caught
+/// elsewhere, or to compare with one, since `==` compares messages).
+///
+/// ```
+/// use pinned_ffi::{Error, Panic, PinnedWorker};
+/// let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+/// assert_eq!(w.run(|_| -> () { panic!("boom") }), Err(Error::Panicked(Panic::from("boom"))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl From<String> for Panic {
+    fn from(message: String) -> Self {
+        Panic {
+            message,
+            payload: None,
+        }
+    }
+}
+
+/// A `Panic` with this message and no payload; see `From<String>`.
+impl From<&str> for Panic {
+    fn from(message: &str) -> Self {
+        Panic::from(message.to_owned())
+    }
+}
+
+/// A `Panic` from a payload that [`std::panic::catch_unwind`] or
+/// [`std::thread::JoinHandle::join`] returned.
+///
+/// ```
+/// use pinned_ffi::Panic;
+/// let caught = std::panic::catch_unwind(|| -> () { std::panic::panic_any(3u8) }).unwrap_err();
+/// let p = Panic::from(caught);
+/// assert_eq!(p.downcast_ref::<u8>(), Some(&3));
+/// ```
+impl From<Box<dyn Any + Send>> for Panic {
+    fn from(payload: Box<dyn Any + Send>) -> Self {
+        Panic::new(payload)
+    }
+}
+
+/// The message only: a payload cannot be cloned, so the clone has none.
+impl Clone for Panic {
+    fn clone(&self) -> Self {
+        Panic::from(self.message.clone())
+    }
+}
+
+/// Compares the messages (payloads cannot be compared).
+impl PartialEq for Panic {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for Panic {}
+
+impl fmt::Debug for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Panic")
+            .field("message", &self.message)
+            .field("payload", &self.payload.as_ref().map(|_| ..))
+            .finish()
+    }
+}
+
+/// The message.
+impl fmt::Display for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Drop for Panic {
+    fn drop(&mut self) {
+        // The payload's destructor is user code: under a catch, on
+        // whichever thread drops this (an owner dropping an unclaimed
+        // result, or the caller).
+        if let Some(Payload(payload)) = self.payload.take() {
+            drop_carried_payload(payload);
+        }
     }
 }

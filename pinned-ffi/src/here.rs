@@ -23,7 +23,7 @@ use crate::job::OwnerState;
 use crate::mailbox::{Mailboxes, Scanner};
 use crate::owner::{drain_rejecting, owner_thread, Core};
 use crate::shared::{Shared, DEFAULT_OWNER_STACK};
-use crate::unwind::catch;
+use crate::unwind::{catch, catch_panic};
 use crate::waits;
 use crate::worker::PinnedWorker;
 
@@ -170,15 +170,15 @@ impl Builder {
         let id = shared.id;
         shared.mark_owner_thread();
         let mut init = init;
-        let first = match catch(&mut init) {
+        let first = match catch_panic(&mut init) {
             Ok(Ok(state)) => state,
             Ok(Err(e)) => {
                 leave(&shared);
                 return Err(SpawnError::Init(e));
             }
-            Err(caught) => {
+            Err(panic) => {
                 leave(&shared);
-                return Err(SpawnError::InitPanicked(caught.message));
+                return Err(SpawnError::InitPanicked(panic));
             }
         };
         let mut core = Core::new(

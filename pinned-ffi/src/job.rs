@@ -17,7 +17,7 @@ use crate::mailbox::Posted;
 #[cfg(feature = "tracing")]
 use crate::shared::Shared;
 use crate::slot::{Dequeued, Publish, Slot};
-use crate::unwind::{catch, drop_caught, AbortOnUnwind};
+use crate::unwind::{catch_panic, drop_caught, AbortOnUnwind};
 
 /// What lives on the owner thread: the user's state and the owner-bound
 /// values handed out as [`Bound`](crate::Bound) handles. The owner tears it
@@ -207,20 +207,18 @@ impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P
         let call = self.call;
         // The closure is consumed (and so dropped) inside the call, under
         // the catch, before the outcome is published: `run` relies on this.
-        let ran = catch(|| call(f, owner));
+        // A panic's payload goes to the caller inside the `Panic` (which
+        // drops it under a catch if nobody takes it).
+        let ran = catch_panic(|| call(f, owner));
         crate::waits::end_job();
-        let (result, outcome, contained) = match ran {
-            Ok(r) => (Ok(r), RunOutcome::Done, 0),
-            Err(caught) => (
-                Err(Error::Panicked(caught.message)),
-                RunOutcome::Panicked,
-                u32::from(caught.payload_panicked),
-            ),
+        let (result, outcome) = match ran {
+            Ok(r) => (Ok(r), RunOutcome::Done),
+            Err(panic) => (Err(Error::Panicked(panic)), RunOutcome::Panicked),
         };
         tally(outcome);
         Finished {
             outcome,
-            contained,
+            contained: 0,
             publish: Some(slot.fill(result)),
         }
     }

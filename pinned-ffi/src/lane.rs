@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::mailbox::{Mailbox, Posted};
 use crate::spin::spin_until_done;
 use crate::sync::{self, AtomicU32, Thread, UnsafeCell};
-use crate::unwind::{catch, drop_caught, AbortOnUnwind};
+use crate::unwind::{catch_panic, drop_caught, AbortOnUnwind};
 
 /// The payload's storage: its alignment is declared here, not inherited
 /// from a field type whose alignment varies by target (`u64` is 4-aligned
@@ -402,13 +402,14 @@ where
 {
     match action {
         Action::Run(o) => {
-            let ran = catch(|| g(o));
+            // The payload of a panic goes to the poster in the error.
+            let ran = catch_panic(|| g(o));
             crate::waits::end_job(); // before the answer: see `end_job`
             match ran {
                 Ok(r) => (Ok(r), 0),
-                Err(caught) => {
-                    lane.set_error(Error::Panicked(caught.message));
-                    (Err(Handled::Panicked), u32::from(caught.payload_panicked))
+                Err(panic) => {
+                    lane.set_error(Error::Panicked(panic));
+                    (Err(Handled::Panicked), 0)
                 }
             }
         }

@@ -135,7 +135,7 @@ pub use bound::Bound;
 pub use close::CloseReport;
 pub use config::{Breaker, Builder, PanicPolicy};
 pub use deadline::DeadlineError;
-pub use error::{Error, SpawnError, TrySubmitError};
+pub use error::{Error, Panic, SpawnError, TrySubmitError};
 pub use health::Hang;
 pub use here::OwnerLoop;
 pub use keys::KeyRouting;

@@ -88,11 +88,31 @@ impl Histogram {
     }
 }
 
-/// Quantiles of a latency histogram (each within 12.5% of the true value).
+/// Quantiles of a latency histogram (each within 12.5% of the true value),
+/// and how many samples they come from.
+///
+/// Only sampled jobs are timed (see
+/// [`TIMED_ONE_JOB_IN`](crate::TIMED_ONE_JOB_IN)), so `count` is at most
+/// the number of jobs, and usually far fewer. With no samples the
+/// quantiles are zero and mean nothing: `Display` then says `no samples`;
+/// otherwise it prints `n=<count> p50 <p50> p99 <p99> max <max>`.
+///
+/// ```
+/// use pinned_ffi::PinnedWorker;
+/// let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+/// assert_eq!(w.metrics().run_time.to_string(), "no samples");
+/// w.run(|_| ())?; // a calling thread's first job is always timed
+/// let run = w.metrics().run_time;
+/// assert_eq!(run.count, 1);
+/// assert!(run.to_string().starts_with("n=1 p50 "), "{run}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Summary {
-    /// Samples recorded.
+    /// Samples recorded: the timed jobs (not all jobs; see
+    /// [`TIMED_ONE_JOB_IN`](crate::TIMED_ONE_JOB_IN)). The quantiles below
+    /// are zero when this is.
     pub count: u64,
     /// Median.
     pub p50: Duration,
@@ -104,7 +124,14 @@ pub struct Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "p50 {:?} p99 {:?} max {:?}", self.p50, self.p99, self.max)
+        if self.count == 0 {
+            return f.write_str("no samples");
+        }
+        write!(
+            f,
+            "n={} p50 {:?} p99 {:?} max {:?}",
+            self.count, self.p50, self.p99, self.max
+        )
     }
 }
 
@@ -173,13 +200,15 @@ pub struct MetricsSnapshot {
     pub reinits: u64,
     /// Panics in user code that the owner ran outside a job and caught:
     /// destructors of the state, of owner-bound values, of a cancelled or
-    /// rejected job's captures, of a panic payload, of a result whose
+    /// rejected job's captures, of a result (or a panic payload) whose
     /// caller had gone; a waker's `wake`; a panicking re-init's payload;
     /// and the panic that ended an owner thread's loop, if one ever does
     /// (see [`Error::OwnerDied`](crate::Error::OwnerDied)). The worker
     /// carries on after each (the panic hook still reports it). A job's own
     /// panic is counted in `panicked`, and a panicking init or re-init is
-    /// reported rather than counted here:
+    /// reported rather than counted here, and so is a job's panic payload,
+    /// which goes to the caller in [`Error::Panicked`](crate::Error::Panicked)
+    /// (its destructor's panic is contained wherever the caller drops it):
     /// [`SpawnError::InitPanicked`](crate::SpawnError::InitPanicked) from
     /// `spawn`, or
     /// [`Error::Broken`](crate::Error::Broken) with its message.

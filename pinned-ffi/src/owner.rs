@@ -453,13 +453,25 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
             continue;
         }
         let Some(o) = t.owner.as_mut() else { continue };
-        // Only jobs stamped at submission (one in `TIMED_ONE_JOB_IN` per
-        // calling thread) are timed: the clock stays off most hand-offs.
-        let start = job.enqueued().map(|q| {
-            let now = Instant::now();
-            shared.queue_wait.record(now.saturating_duration_since(q));
-            now
-        });
+        // Only jobs stamped at submission (a calling thread's first, then
+        // one in `TIMED_ONE_JOB_IN`) are timed from the queue, and the owner
+        // times the run of one in `TIMED_ONE_JOB_IN` of all jobs too, so
+        // callers whose jobs go unstamped are seen: the clock stays off most
+        // hand-offs.
+        let start = match job.enqueued() {
+            Some(q) => {
+                let now = Instant::now();
+                shared.queue_wait.record(now.saturating_duration_since(q));
+                Some(now)
+            }
+            // ORDERING: the owner's own counter (single writer); it only
+            // picks which jobs to sample.
+            None => (shared.config.timings
+                && c.submitted
+                    .load(Ordering::Relaxed)
+                    .is_multiple_of(u64::from(crate::worker::TIMED_ONE_JOB_IN)))
+            .then(Instant::now),
+        };
         #[cfg(feature = "tracing")]
         let _span = job.span(&shared).entered();
         // Counted before the caller sees the outcome, so a caller that

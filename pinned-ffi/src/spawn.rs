@@ -13,7 +13,7 @@ use crate::job::OwnerState;
 use crate::mailbox::{Mailboxes, Scanner};
 use crate::owner::{owner_thread, Core};
 use crate::shared::Shared;
-use crate::unwind::catch;
+use crate::unwind::catch_panic;
 use crate::worker::PinnedWorker;
 
 impl Builder {
@@ -48,14 +48,16 @@ impl Builder {
                 let _ = ready_tx.send(Err(SpawnError::Os(e)));
                 return;
             }
-            let first = match catch(&mut init) {
+            let first = match catch_panic(&mut init) {
                 Ok(Ok(state)) => state,
                 Ok(Err(e)) => {
                     let _ = ready_tx.send(Err(SpawnError::Init(e)));
                     return;
                 }
-                Err(caught) => {
-                    let _ = ready_tx.send(Err(SpawnError::InitPanicked(caught.message)));
+                Err(panic) => {
+                    // The payload goes to the spawner (a `Panic` drops it
+                    // under a catch if the send fails).
+                    let _ = ready_tx.send(Err(SpawnError::InitPanicked(panic)));
                     return;
                 }
             };

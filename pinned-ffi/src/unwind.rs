@@ -5,9 +5,11 @@
 //! - **User code runs under a catch, payload included.** Everything the
 //!   owner runs that a user wrote (a job, a destructor of the state, of a
 //!   bound value, of a job's captures or result, a panic payload's
-//!   destructor, a waker) goes through [`catch`] or [`drop_caught`]. A
-//!   payload is user code too: it is dropped under a catch, and so is the
-//!   payload of a panic in its destructor, to a fixed depth.
+//!   destructor, a waker) goes through [`catch`], [`catch_panic`] or
+//!   [`drop_caught`]. A payload is user code too: it is dropped under a
+//!   catch, and so is the payload of a panic in its destructor, to a fixed
+//!   depth. A job's (or `init`'s) payload is carried to its caller in a
+//!   [`Panic`], whose drop does the same on whichever thread drops it.
 //! - **A region where another thread may hold a borrow of this frame (or
 //!   this thread holds one of another's) cannot unwind**, by construction:
 //!   an [`AbortOnUnwind`] guard lives across it, and if anything inside
@@ -16,10 +18,11 @@
 //!   `AbortIfPanic`.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 
-use crate::error::panic_message;
+use crate::error::{panic_message, Panic};
 
 /// Aborts the process if dropped: create it where a region must not unwind,
 /// [`disarm`](Self::disarm) it where the region ends.
@@ -77,6 +80,26 @@ pub(crate) fn drop_payload(payload: Box<dyn Any + Send>) -> bool {
 /// How many nested payloads [`drop_payload`] drops before it leaks one.
 pub(crate) const PAYLOAD_DEPTH: usize = 8;
 
+thread_local! {
+    /// Payload destructors that panicked inside a [`Panic`]'s drop on this
+    /// thread (wrapping): [`drop_caught`] adds the ones that happen while
+    /// it drops a value, so a payload carried in an unclaimed result still
+    /// counts as contained on the owner.
+    static PAYLOAD_PANICS: Cell<u32> = const { Cell::new(0) };
+}
+
+fn payload_panics() -> u32 {
+    PAYLOAD_PANICS.try_with(Cell::get).unwrap_or(0)
+}
+
+/// Drops a [`Panic`]'s payload under a catch ([`drop_payload`]), noting a
+/// panic of its destructor for [`drop_caught`]. Never unwinds.
+pub(crate) fn drop_carried_payload(payload: Box<dyn Any + Send>) {
+    if drop_payload(payload) {
+        let _ = PAYLOAD_PANICS.try_with(|n| n.set(n.get().wrapping_add(1)));
+    }
+}
+
 /// Runs user code under a catch. On a panic: its message, and whether the
 /// payload's own destructor panicked too.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
@@ -90,13 +113,22 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
     })
 }
 
+/// Runs a job under a catch, keeping the panic's payload for its caller
+/// (a [`Panic`] drops the payload under a catch wherever it ends up).
+pub(crate) fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(Panic::new)
+}
+
 /// Drops `value` under a catch; returns the panics contained (0, 1, or 2
-/// when the panic's payload panicked as it was dropped).
+/// when the panic's payload panicked as it was dropped), counting those of
+/// payloads carried in [`Panic`]s inside `value`.
 pub(crate) fn drop_caught<T>(value: T) -> u32 {
-    match catch(move || drop(value)) {
+    let before = payload_panics();
+    let caught = match catch(move || drop(value)) {
         Ok(()) => 0,
         Err(c) => c.panics(),
-    }
+    };
+    caught + payload_panics().wrapping_sub(before)
 }
 
 /// A panic that [`catch`] stopped.
@@ -153,5 +185,11 @@ mod tests {
         );
         assert_eq!(drop_caught(7u8), 0);
         assert_eq!(catch(|| 5).unwrap(), 5);
+        // A payload carried in a `Panic` is contained by the `Panic`'s own
+        // drop, and still counted by a `drop_caught` around it.
+        let carried = catch_panic(|| std::panic::panic_any(Bomb)).unwrap_err();
+        assert_eq!(carried.message(), "non-string panic payload");
+        assert_eq!(drop_caught(Some(carried)), 1);
+        drop(catch_panic(|| std::panic::panic_any(Bomb)).unwrap_err()); // never unwinds
     }
 }

@@ -36,8 +36,31 @@ use crate::ticket::{Ticket, BOX_PAST};
 use crate::unwind::AbortOnUnwind;
 use crate::waits;
 
-/// With timings on (the default), one job in this many per calling thread
-/// is timed for the queue-wait and run-time histograms.
+/// How sparsely jobs are timed for the latency histograms, with timings on
+/// (the default).
+///
+/// - **Queue wait and run time:** each calling thread's first job, then one
+///   in this many of its jobs (its 1st, 33rd, 65th, ...), are stamped at
+///   submission, so every caller is seen, short-lived ones included.
+/// - **Run time, besides:** the owner times one in this many of all the
+///   jobs it takes, whoever sent them.
+///
+/// A [`Summary`](crate::Summary)'s `count` says how many samples it holds.
+///
+/// ```
+/// use pinned_ffi::{PinnedWorker, TIMED_ONE_JOB_IN};
+/// let w = PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(()))?;
+/// // Ten threads with one job each: every one of them is sampled.
+/// std::thread::scope(|s| {
+///     for _ in 0..10 {
+///         s.spawn(|| w.run(|_| ()).unwrap());
+///     }
+/// });
+/// let m = w.metrics();
+/// assert_eq!(m.queue_wait.count, 10);
+/// assert!(m.run_time.count >= 10 && TIMED_ONE_JOB_IN > 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const TIMED_ONE_JOB_IN: u32 = 32;
 
 /// Owner threads started by this process so far (spawns and re-inits,
@@ -202,10 +225,10 @@ impl<S: 'static> PinnedWorker<S> {
         outcome
     }
 
-    /// When to stamp a job for the latency histograms: every
-    /// [`TIMED_ONE_JOB_IN`]-th job per calling thread, so the clock is read
-    /// on few hand-offs (a read costs tens of ns on a VM, as much as the
-    /// hand-off itself).
+    /// When to stamp a job for the latency histograms: a calling thread's
+    /// first job, then every [`TIMED_ONE_JOB_IN`]-th, so every caller is
+    /// seen yet the clock is read on few hand-offs (a read costs tens of ns
+    /// on a VM, as much as the hand-off itself).
     pub(crate) fn stamp(&self) -> Option<Instant> {
         thread_local! {
             static N: Cell<u32> = const { Cell::new(0) };
@@ -213,9 +236,10 @@ impl<S: 'static> PinnedWorker<S> {
         if !self.shared.config.timings {
             return None;
         }
+        // Jobs sent before this one: 0 for the first.
         let n = N.with(|n| {
-            let v = n.get().wrapping_add(1);
-            n.set(v);
+            let v = n.get();
+            n.set(v.wrapping_add(1));
             v
         });
         n.is_multiple_of(TIMED_ONE_JOB_IN).then(Instant::now)

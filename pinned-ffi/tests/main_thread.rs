@@ -170,7 +170,7 @@ fn jobs_from_threads_and_tasks_run_on_main() {
         assert_eq!(calls_before, ok_jobs - 1);
         let boom: Result<(), Error> = w.run(|_| panic!("expected: sdk blew up"));
         match boom {
-            Err(Error::Panicked(m)) => assert!(m.contains("sdk blew up")),
+            Err(Error::Panicked(m)) => assert!(m.message().contains("sdk blew up")),
             other => panic!("expected Panicked, got {other:?}"),
         }
         let (made_on, calls) = w.run(|s| (s.made_on, s.calls)).unwrap();
@@ -255,7 +255,7 @@ fn failed_inits_and_stack_limits() {
     assert!(matches!(err, pinned_ffi::SpawnError::Init("no display")));
     let err = PinnedWorker::<()>::on_this_thread(|| -> Result<(), String> { panic!("expected: init") })
         .unwrap_err();
-    assert!(matches!(err, pinned_ffi::SpawnError::InitPanicked(ref m) if m.contains("init")));
+    assert!(matches!(err, pinned_ffi::SpawnError::InitPanicked(ref m) if m.message().contains("init")));
     // Not left marked as an owner: a blocking call works, and so does the
     // next owner.
     let spawned = PinnedWorker::spawn(|| Ok::<_, std::io::Error>(())).unwrap();

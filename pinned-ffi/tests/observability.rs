@@ -194,7 +194,7 @@ fn snapshots_export_through_the_metrics_facade() {
         .name("hsm")
         .spawn(|_| Ok::<_, std::io::Error>(()))
         .unwrap();
-    // Enough jobs for timed samples (one in TIMED_ONE_JOB_IN per thread).
+    // Enough jobs for timed samples (the first job of each calling thread and one in TIMED_ONE_JOB_IN after it).
     let jobs = 2 * u64::from(pinned_ffi::TIMED_ONE_JOB_IN);
     for _ in 0..jobs {
         pool.run(|_| std::thread::sleep(std::time::Duration::from_micros(100)))

@@ -12,8 +12,8 @@ use pinned_ffi::threads::thread_names;
 use pinned_ffi::{Breaker, Error, PanicPolicy, PinnedWorker, SpawnError};
 
 use crate::{
-    assert_carries_on, assert_serves, builder, expect_contained, shared, within, worker, worker_with, Fuse,
-    State, LONG, MARK, NEXT_NAME, OWNER, POLICIES,
+    assert_carries_on, assert_serves, builder, expect_contained, shared, within, worker, worker_with, Bomb,
+    Fuse, State, LONG, MARK, NEXT_NAME, OWNER, POLICIES,
 };
 
 // ---------------------------------------------------------------------------
@@ -28,7 +28,7 @@ pub(crate) fn case_init_panics(policy: PanicPolicy) {
     let name = format!("{OWNER}init-{}", NEXT_NAME.fetch_add(1, SeqCst));
     let b = PinnedWorker::builder().name(name.clone()).panic_policy(policy);
     match b.spawn(|| -> Result<State, Infallible> { panic!("{MARK}: init") }) {
-        Err(SpawnError::InitPanicked(m)) => assert!(m.contains(MARK), "{policy:?}: {m}"),
+        Err(SpawnError::InitPanicked(m)) => assert!(m.message().contains(MARK), "{policy:?}: {m}"),
         other => panic!("{policy:?}: a panicking init must fail the spawn: {other:?}"),
     }
     assert!(
@@ -36,17 +36,21 @@ pub(crate) fn case_init_panics(policy: PanicPolicy) {
         "{policy:?}: the owner thread of a failed spawn is gone"
     );
 
-    // The panic's payload panics too when dropped.
+    // The panic's payload panics too when dropped (by the spawner, to
+    // whom it is carried).
     let fuse = Fuse::new();
     let f = Arc::clone(&fuse);
     let spawned = builder("init", policy)
         .spawn(move || -> Result<State, Infallible> { std::panic::panic_any(f.bomb()) });
     assert!(
-        matches!(spawned, Err(SpawnError::InitPanicked(_))),
+        matches!(&spawned, Err(SpawnError::InitPanicked(p)) if p.downcast_ref::<Bomb>().is_some()),
         "{policy:?}: {spawned:?}"
     );
+    assert_eq!(fuse.blasts(), 0, "{policy:?}: the payload came back whole");
+    // The spawner drops it: the destructor's panic is contained there.
+    drop(spawned);
     assert_eq!(fuse.blasts(), 1, "{policy:?}: the payload's destructor ran once");
-    assert_eq!(fuse.off_owner(), 0, "{policy:?}: and on the owner thread");
+    assert_eq!(fuse.off_owner(), 1, "{policy:?}: on the spawning thread");
 }
 
 #[test]
@@ -101,7 +105,7 @@ pub(crate) fn case_reinit_panics(payload_bomb: bool) {
     assert_eq!(w.run(|s| s.n), Ok(1));
     let r = w.run(|_| -> u64 { panic!("{MARK}: a job panics") });
     assert!(
-        matches!(&r, Err(Error::Panicked(m)) if m.contains(MARK)),
+        matches!(&r, Err(Error::Panicked(m)) if m.message().contains(MARK)),
         "{what}: {r:?}"
     );
     // The re-init after that panic panics: no state until a later one works.
