@@ -46,6 +46,7 @@
 //! needs_send(ctx);
 //! ```
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -565,7 +566,11 @@ pub enum Teardown {
 pub type TeardownLog = Arc<Mutex<Vec<Teardown>>>;
 
 /// The raw EGL handles of a context, for code that breaks the rules on
-/// purpose (the proof tests, the report's rebinding peer).
+/// purpose (the proof tests, the report's rebinding peer). Raw code that
+/// changes which context is current on a thread holding a [`GlContext`]
+/// must make that context current again before the `GlContext` is used
+/// there: its methods remember what they made current instead of asking
+/// EGL on every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawHandles {
     /// The display.
@@ -582,6 +587,13 @@ pub struct RawHandles {
 unsafe impl Send for RawHandles {}
 // SAFETY: as for Send.
 unsafe impl Sync for RawHandles {}
+
+thread_local! {
+    /// The context a [`GlContext`] last made current on this thread. Asking
+    /// EGL (`eglGetCurrentContext`) costs ~200 ns through libglvnd, fifty
+    /// times a `glGetError`, so the per-call check reads this instead.
+    static MADE_CURRENT: Cell<EglContext> = const { Cell::new(std::ptr::null_mut()) };
+}
 
 /// An OpenGL ES 2 context on Mesa's surfaceless display with a small
 /// pbuffer, current on the thread that opened it. `!Send`: it never leaves
@@ -656,6 +668,7 @@ impl GlContext {
         // SAFETY: our surface and context, current on no thread yet.
         let ok = unsafe { (egl.egl_make_current)(d, ctx.surface, ctx.surface, ctx.context) } != EGL_FALSE;
         egl.egl_check("eglMakeCurrent", ok)?;
+        MADE_CURRENT.with(|c| c.set(ctx.context));
         let _ = egl.drain_gl_errors();
         Ok(ctx)
     }
@@ -688,7 +701,7 @@ impl GlContext {
     /// Makes sure the context is current on this thread (another
     /// `GlContext` opened on the same thread would have replaced it).
     fn current(&self, call: &'static str) -> Result<(), GlError> {
-        if self.egl.current_context() == self.context {
+        if MADE_CURRENT.with(Cell::get) == self.context {
             return Ok(());
         }
         let d = self.raw().display;
@@ -698,7 +711,9 @@ impl GlContext {
             unsafe { (self.egl.egl_make_current)(d, self.surface, self.surface, self.context) } != EGL_FALSE;
         self.egl
             .egl_check("eglMakeCurrent", ok)
-            .map_err(|_| GlError::NotCurrent(call))
+            .map_err(|_| GlError::NotCurrent(call))?;
+        MADE_CURRENT.with(|c| c.set(self.context));
+        Ok(())
     }
 
     /// Step 3 for GL: reads every pending `glGetError` code on this thread
@@ -803,6 +818,12 @@ impl Drop for GlContext {
     fn drop(&mut self) {
         let egl = self.egl;
         let d = self.raw().display;
+        // Forget it first: a later context may get the same address.
+        MADE_CURRENT.with(|c| {
+            if c.get() == self.context {
+                c.set(std::ptr::null_mut());
+            }
+        });
         let mut released = false;
         if !self.context.is_null() && egl.current_context() == self.context {
             // SAFETY: our context, current on this thread: released here so

@@ -578,3 +578,18 @@ fn reinit_gives_a_fresh_context_and_stales_old_textures() {
         "{steps:?}"
     );
 }
+
+#[test]
+fn two_contexts_on_one_thread_each_keep_their_pixels() {
+    let Some(mut a) = open_or_skip("two_contexts_on_one_thread_each_keep_their_pixels") else {
+        return;
+    };
+    let mut b = GlContext::open().expect("second context");
+    // b was made current last; a's calls make a current again, and back.
+    assert_eq!(a.clear_and_read([255, 0, 0, 255]), Ok([255, 0, 0, 255]));
+    assert_eq!(b.clear_and_read([0, 0, 255, 255]), Ok([0, 0, 255, 255]));
+    assert_eq!(a.read_pixel(), Ok([255, 0, 0, 255]));
+    assert_eq!(b.read_pixel(), Ok([0, 0, 255, 255]));
+    drop(b);
+    assert_eq!(a.read_pixel(), Ok([255, 0, 0, 255]));
+}
