@@ -201,7 +201,7 @@ fn calls_for(op: Op, way: Way, budget: Duration) -> u64 {
     let (lo, hi) = if way == Way::ContextPerCall {
         (5, 2_000)
     } else {
-        (256, 2_000_000)
+        (2_000, 2_000_000)
     };
     ((budget.as_secs_f64() / per.max(1e-9)) as u64).clamp(lo, hi)
 }
@@ -245,6 +245,27 @@ unsafe fn op_raw(egl: &Egl, op: Op, i: u64) -> bool {
     }
 }
 
+/// Warms a fresh worker up: the shared [`warm_up`], then until a run of
+/// round trips stops getting faster (at most 100 ms more). On this 2-vCPU
+/// machine, shared with other builds, a new owner and its caller can share
+/// a core for far longer than the main table's 25 ms, and every hand-off
+/// then waits for a time slice.
+fn settle(w: &pinned_ffi::PinnedWorker<GlContext>, op: Op) {
+    warm_up(|| drop(w.run(|ctx| op_on(ctx, op, 0))));
+    let (mut best, settling) = (Duration::MAX, Instant::now());
+    while settling.elapsed() < Duration::from_millis(100) {
+        let t = Instant::now();
+        for _ in 0..100 {
+            drop(w.run(|ctx| op_on(ctx, op, 0)));
+        }
+        let took = t.elapsed();
+        if took >= best {
+            return;
+        }
+        best = took;
+    }
+}
+
 /// Sets `way` up (untimed), warms it, and times `calls` calls.
 fn measure(op: Op, way: Way, calls: u64) -> Measured {
     let measured = |elapsed, calls, wrong, contexts, os_threads| Measured {
@@ -270,7 +291,7 @@ fn measure(op: Op, way: Way, calls: u64) -> Measured {
         }),
         Way::Pinned => {
             let w = egl::gl_worker().expect("GL worker");
-            warm_up(|| drop(w.run(|ctx| op_on(ctx, op, 0))));
+            settle(&w, op);
             let t = Instant::now();
             let wrong = (0..calls)
                 .filter(|&i| w.run(|ctx| op_on(ctx, op, i)).expect("run"))
@@ -279,7 +300,7 @@ fn measure(op: Op, way: Way, calls: u64) -> Measured {
         }
         Way::Batched(k) => {
             let w = egl::gl_worker().expect("GL worker");
-            warm_up(|| drop(w.run(|ctx| op_on(ctx, op, 0))));
+            settle(&w, op);
             let jobs = calls.div_ceil(k);
             let t = Instant::now();
             let wrong: u64 = (0..jobs)
