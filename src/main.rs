@@ -6,6 +6,7 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use pinned_ffi_demo::real_sdks;
 use pinned_ffi_demo::report::{self, Mode};
 
 fn main() -> ExitCode {
@@ -40,16 +41,19 @@ fn main() -> ExitCode {
         eprintln!("note: a debug build; run with --release for meaningful figures");
     }
     let tty = std::io::stderr().is_terminal();
-    let report = report::run(mode, |step| {
+    let progress = |step: &str| {
         if tty {
             eprint!("\r\x1b[2K  running: {step}");
             let _ = std::io::stderr().flush();
         }
-    });
+    };
+    let report = report::run(mode, progress);
+    let real = real_sdks::run(mode, progress);
     if tty {
         eprint!("\r\x1b[2K");
     }
     print!("{}", report.table());
+    print!("{}", real.table());
     for (path, body) in [(json, report.json()), (svg, report.svg())] {
         if let Some(path) = path {
             if let Err(e) = std::fs::write(&path, body) {

@@ -216,7 +216,7 @@ const SEED: u64 = 1;
 /// the same warm-up.
 pub const WARM_UP: Duration = Duration::from_millis(25);
 
-fn warm_up(mut f: impl FnMut()) {
+pub(crate) fn warm_up(mut f: impl FnMut()) {
     let t = Instant::now();
     while t.elapsed() < WARM_UP {
         f();
