@@ -172,7 +172,9 @@ impl Libcrypto {
         // length passed; OpenSSL NUL-terminates within it.
         unsafe { (self.err_error_string_n)(code as c_ulong, buf.as_mut_ptr(), buf.len()) };
         // SAFETY: NUL-terminated within `buf` (above), which outlives this.
-        unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// `ERR_reason_error_string`: the reason part alone (`no start line`),
@@ -216,7 +218,12 @@ impl Libcrypto {
         // owns the returned certificate and frees it.
         unsafe {
             let x509 = self.with_mem_bio(pem, |bio| {
-                (self.pem_read_bio_x509)(bio, std::ptr::null_mut(), Some(no_passphrase), std::ptr::null_mut())
+                (self.pem_read_bio_x509)(
+                    bio,
+                    std::ptr::null_mut(),
+                    Some(no_passphrase),
+                    std::ptr::null_mut(),
+                )
             })?;
             let subject = self.subject_of(x509);
             (self.x509_free)(x509);
@@ -255,7 +262,8 @@ impl Libcrypto {
         // length, which X509_NAME_oneline NUL-terminates within.
         unsafe {
             let name = (self.x509_get_subject_name)(x509);
-            if name.is_null() || (self.x509_name_oneline)(name, buf.as_mut_ptr(), buf.len() as c_int).is_null()
+            if name.is_null()
+                || (self.x509_name_oneline)(name, buf.as_mut_ptr(), buf.len() as c_int).is_null()
             {
                 return String::new();
             }
@@ -452,7 +460,12 @@ impl Crypto {
             // what it parses, so the result does not borrow the BIO.
             unsafe {
                 lib.with_mem_bio(pem, |bio| {
-                    (lib.pem_read_bio_x509)(bio, std::ptr::null_mut(), Some(no_passphrase), std::ptr::null_mut())
+                    (lib.pem_read_bio_x509)(
+                        bio,
+                        std::ptr::null_mut(),
+                        Some(no_passphrase),
+                        std::ptr::null_mut(),
+                    )
                 })
             }
         })?;
