@@ -146,16 +146,16 @@ impl Libcrypto {
 
     /// `ERR_get_error`: pops the oldest error of the **calling thread's**
     /// queue (0 when it is empty).
-    pub fn get_error(&self) -> u64 {
+    pub fn get_error(&self) -> c_ulong {
         // SAFETY: no arguments; touches only the calling thread's queue.
-        u64::from(unsafe { (self.err_get_error)() })
+        unsafe { (self.err_get_error)() }
     }
 
     /// `ERR_peek_error`: the oldest error of the calling thread's queue,
     /// left in place (0 when it is empty).
-    pub fn peek_error(&self) -> u64 {
+    pub fn peek_error(&self) -> c_ulong {
         // SAFETY: no arguments; reads only the calling thread's queue.
-        u64::from(unsafe { (self.err_peek_error)() })
+        unsafe { (self.err_peek_error)() }
     }
 
     /// `ERR_clear_error`: empties the calling thread's queue.
@@ -166,11 +166,11 @@ impl Libcrypto {
 
     /// `ERR_error_string_n`: OpenSSL's text for a packed error code, e.g.
     /// `error:0480006C:PEM routines::no start line`.
-    pub fn error_string(&self, code: u64) -> String {
+    pub fn error_string(&self, code: c_ulong) -> String {
         let mut buf = [0 as c_char; 256];
         // SAFETY: the buffer is valid for `buf.len()` bytes, which is the
         // length passed; OpenSSL NUL-terminates within it.
-        unsafe { (self.err_error_string_n)(code as c_ulong, buf.as_mut_ptr(), buf.len()) };
+        unsafe { (self.err_error_string_n)(code, buf.as_mut_ptr(), buf.len()) };
         // SAFETY: NUL-terminated within `buf` (above), which outlives this.
         unsafe { CStr::from_ptr(buf.as_ptr()) }
             .to_string_lossy()
@@ -179,10 +179,10 @@ impl Libcrypto {
 
     /// `ERR_reason_error_string`: the reason part alone (`no start line`),
     /// if OpenSSL knows one for `code`.
-    pub fn reason(&self, code: u64) -> Option<String> {
+    pub fn reason(&self, code: c_ulong) -> Option<String> {
         // SAFETY: any code is accepted; the result is null or a static
         // NUL-terminated string.
-        let s = unsafe { (self.err_reason_error_string)(code as c_ulong) };
+        let s = unsafe { (self.err_reason_error_string)(code) };
         // SAFETY: non-null, NUL-terminated and static (checked above).
         (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned())
     }
@@ -280,7 +280,7 @@ impl Libcrypto {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SslErrorEntry {
     /// The packed error code (`ERR_get_error`'s value).
-    pub code: u64,
+    pub code: c_ulong,
     /// `ERR_error_string_n`, e.g. `error:0480006C:PEM routines::no start line`.
     pub text: String,
     /// `ERR_reason_error_string`, e.g. `no start line`.
@@ -294,7 +294,7 @@ pub struct ErrorStack(pub Vec<SslErrorEntry>);
 
 impl ErrorStack {
     /// The packed codes, oldest first.
-    pub fn codes(&self) -> Vec<u64> {
+    pub fn codes(&self) -> Vec<c_ulong> {
         self.0.iter().map(|e| e.code).collect()
     }
 
@@ -337,7 +337,7 @@ pub enum SslError {
 
 impl SslError {
     /// The queued codes (empty for errors that are not OpenSSL's).
-    pub fn codes(&self) -> Vec<u64> {
+    pub fn codes(&self) -> Vec<c_ulong> {
         match self {
             SslError::Ssl(stack) => stack.codes(),
             SslError::TooLarge { .. } => Vec::new(),

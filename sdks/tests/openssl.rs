@@ -4,6 +4,7 @@
 //! cannot be opened.
 
 use std::collections::HashSet;
+use std::ffi::c_ulong;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ fn reference(lib: &Arc<Libcrypto>) -> Vec<Result<String, SslError>> {
 }
 
 /// The first code each kind leaves on a clean queue (0: none).
-fn first_codes(reference: &[Result<String, SslError>]) -> Vec<u64> {
+fn first_codes(reference: &[Result<String, SslError>]) -> Vec<c_ulong> {
     reference
         .iter()
         .map(|o| o.as_ref().err().map_or(0, |e| e.codes()[0]))
@@ -120,7 +121,7 @@ fn a_raw_error_queued_on_one_thread_is_absent_on_another() {
 /// Returns whether it hopped, and whether it lost its own error (read 0
 /// after a failure) and whether it read a foreign one (an error after a
 /// success, or another kind's).
-async fn raw_task(lib: Arc<Libcrypto>, i: usize, expected: Vec<u64>) -> (bool, bool, bool) {
+async fn raw_task(lib: Arc<Libcrypto>, i: usize, expected: Vec<c_ulong>) -> (bool, bool, bool) {
     let kind = i % INPUTS.len();
     let before = thread::current().id();
     lib.clear_error();
