@@ -440,8 +440,9 @@ impl Crypto {
     fn checked<T>(&mut self, call: impl FnOnce(&Libcrypto) -> Option<T>) -> Result<T, SslError> {
         self.lib.clear_error();
         let out = call(&self.lib);
-        // Drained on success too: OpenSSL 3's decoders may leave the errors
-        // of the formats they tried before the one that matched.
+        // Drained on success too: some calls succeed with errors queued
+        // (reading PEM objects to the end of a chain ends on a queued "no
+        // start line"); left there they would be the next job's.
         let errors = self.lib.drain();
         out.ok_or(SslError::Ssl(errors))
     }
