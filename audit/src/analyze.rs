@@ -4,6 +4,12 @@
 //! seed a breadth-first walk over the resolved call edges; a function with
 //! an item-level allow for `owner-per-request` is a fence the walk does not
 //! cross. The walk's parent links give each finding its call chain.
+//!
+//! The walk keeps one bit of state per node: whether the code runs on an
+//! owner thread (inside a closure given to `run`, `submit`, `call` or a
+//! spawn's init). A configured constructor there makes the context where
+//! it belongs, so only constructors reached off the owner are reported;
+//! owner threads started there are still reported.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -34,9 +40,10 @@ struct Ctx<'g> {
     entries: HashMap<usize, (u8, String)>,
     /// Per node: rules allowed on the node (comments and configuration).
     allows: Vec<Vec<String>>,
-    /// Per node: the walk's parent link.
-    parent: Vec<Option<(usize, usize)>>,
-    reached: Vec<bool>,
+    /// Per node and owner-state: the walk's parent link (node, state, call).
+    parent: Vec<[Option<(usize, usize, usize)>; 2]>,
+    /// Per node and owner-state (0: on a caller's thread, 1: on an owner).
+    reached: Vec<[bool; 2]>,
 }
 
 fn resolve(g: &Graph, call: &Call) -> Vec<usize> {
@@ -99,38 +106,52 @@ impl Ctx<'_> {
         let mut queue = VecDeque::new();
         for (_, n) in order {
             if !self.node_allows(n, Rule::OwnerPerRequest) {
-                self.reached[n] = true;
-                queue.push_back(n);
+                self.reached[n][0] = true;
+                queue.push_back((n, 0));
             }
         }
-        while let Some(u) = queue.pop_front() {
+        while let Some((u, su)) = queue.pop_front() {
             for &(v, call) in &self.edges[u] {
-                if self.reached[v] || self.node_allows(v, Rule::OwnerPerRequest) {
+                let sv = if su == 1 || self.g.nodes[u].calls[call].on_owner { 1 } else { 0 };
+                if self.reached[v][sv] || self.node_allows(v, Rule::OwnerPerRequest) {
                     continue;
                 }
-                self.reached[v] = true;
-                self.parent[v] = Some((u, call));
-                queue.push_back(v);
+                self.reached[v][sv] = true;
+                self.parent[v][sv] = Some((u, su, call));
+                queue.push_back((v, sv));
             }
         }
     }
 
-    fn chain(&self, node: usize) -> Vec<ChainStep> {
+    /// The state a node was reached in, preferring off-owner.
+    fn state(&self, node: usize) -> Option<usize> {
+        (0..2).find(|&s| self.reached[node][s])
+    }
+
+    fn chain(&self, node: usize, state: Option<usize>) -> Vec<ChainStep> {
         let mut rev = Vec::new();
         let mut v = node;
-        while let Some((u, call)) = self.parent[v] {
+        let mut s = state.unwrap_or(0);
+        while let Some((u, su, call)) = self.parent[v][s] {
             let c = &self.g.nodes[u].calls[call];
-            let how = if c.kind == CallKind::Closure { "spawned in" } else { "called from" };
+            let how = if c.kind == CallKind::Closure {
+                "spawned in"
+            } else if c.on_owner {
+                "called on the owner thread from"
+            } else {
+                "called from"
+            };
             rev.push(ChainStep {
                 function: self.g.nodes[v].name.clone(),
                 note: format!("{how} `{}`", self.g.nodes[u].name),
                 location: self.loc(self.g.nodes[u].file, c.line, c.col),
             });
             v = u;
+            s = su;
         }
         let n = &self.g.nodes[v];
         let note = match self.entries.get(&v) {
-            Some((_, note)) if self.reached[v] => note.clone(),
+            Some((_, note)) if state.is_some() => note.clone(),
             _ => "async code (not reached from a per-request entry point)".to_string(),
         };
         rev.push(ChainStep {
@@ -145,7 +166,12 @@ impl Ctx<'_> {
     fn finding(&self, rule: Rule, node: usize, line: usize, col: usize, what: &str, message: String) -> Finding {
         let n = &self.g.nodes[node];
         let location = self.loc(n.file, line, col);
-        let mut chain = self.chain(node);
+        let state = if rule == Rule::OwnerPerRequest && !self.reached[node][0] && self.reached[node][1] {
+            Some(1)
+        } else {
+            self.reached[node][0].then_some(0)
+        };
+        let mut chain = self.chain(node, state);
         chain.push(ChainStep {
             function: what.to_string(),
             note: "flagged here".to_string(),
@@ -163,8 +189,10 @@ impl Ctx<'_> {
 
     fn entry_name(&self, node: usize) -> String {
         let mut v = node;
-        while let Some((u, _)) = self.parent[v] {
+        let mut s = self.state(node).unwrap_or(0);
+        while let Some((u, su, _)) = self.parent[v][s] {
             v = u;
+            s = su;
         }
         self.g.nodes[v].name.clone()
     }
@@ -179,8 +207,8 @@ pub(crate) fn run(package: &str, g: &Graph, config: &Config, report: &mut Report
         edges: vec![Vec::new(); count],
         entries: HashMap::new(),
         allows: g.nodes.iter().map(|n| n.item_allows.clone()).collect(),
-        parent: vec![None; count],
-        reached: vec![false; count],
+        parent: vec![[None; 2]; count],
+        reached: vec![[false; 2]; count],
     };
     for (i, n) in g.nodes.iter().enumerate() {
         for a in &config.allow {
@@ -230,7 +258,7 @@ pub(crate) fn run(package: &str, g: &Graph, config: &Config, report: &mut Report
         if config.enabled(Rule::OwnerPerRequest) {
             let fenced_hit = node_allows(Rule::OwnerPerRequest)
                 && (cx.entries.contains_key(&i) || cx.edges.iter().flatten().any(|&(t, _)| t == i));
-            if cx.reached[i] || fenced_hit {
+            if cx.state(i).is_some() || fenced_hit {
                 let entry = cx.entry_name(i);
                 for site in &n.sites {
                     let SiteKind::Owner(what) = &site.kind else { continue };
@@ -243,7 +271,9 @@ pub(crate) fn run(package: &str, g: &Graph, config: &Config, report: &mut Report
                     );
                     findings.push(cx.finding(Rule::OwnerPerRequest, i, site.line, site.col, what, message));
                 }
-                for call in n.calls.iter().filter(|c| c.kind == CallKind::PathCall) {
+                // Constructors on an owner thread make the context where it belongs.
+                let off_owner = cx.reached[i][0] || (fenced_hit && !cx.reached[i][1]);
+                for call in n.calls.iter().filter(|c| c.kind == CallKind::PathCall && !c.on_owner && off_owner) {
                     let Some(pattern) = config
                         .constructors
                         .iter()

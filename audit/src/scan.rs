@@ -129,6 +129,9 @@ pub(crate) struct Call {
     pub col: usize,
     pub stmt_line: usize,
     pub in_async: bool,
+    /// Inside a closure a worker runs on its owner thread (`run`, `submit`,
+    /// `call`, a spawn's init closure).
+    pub on_owner: bool,
     /// For handler registrations: how (`get(..)`, `.to(..)`).
     pub note: String,
 }
@@ -840,6 +843,7 @@ impl Scanner<'_> {
             fn_name: display,
             self_ty: self_ty.map(str::to_string),
             in_async: is_async,
+            on_owner: false,
             stmt_line: line,
             locals,
         };
@@ -892,6 +896,7 @@ struct BodyVisitor<'s, 'a, 'u> {
     fn_name: String,
     self_ty: Option<String>,
     in_async: bool,
+    on_owner: bool,
     stmt_line: usize,
     locals: HashMap<String, String>,
 }
@@ -1038,15 +1043,20 @@ impl BodyVisitor<'_, '_, '_> {
             col,
             stmt_line: self.stmt_line,
             in_async: self.in_async,
+            on_owner: self.on_owner,
             note: String::new(),
         });
     }
 
-    /// Visits `e` with async context switched to `in_async`.
-    fn visit_with(&mut self, e: &Expr, in_async: bool) {
-        let saved = std::mem::replace(&mut self.in_async, in_async);
+    /// Visits a closure that runs off the calling task: not in async
+    /// context, and on an owner thread when `on_owner`.
+    fn visit_off_task(&mut self, e: &Expr, on_owner: bool) {
+        let saved = std::mem::replace(&mut self.in_async, false);
+        let owner_now = self.on_owner || on_owner;
+        let saved_owner = std::mem::replace(&mut self.on_owner, owner_now);
         self.visit_expr(e);
         self.in_async = saved;
+        self.on_owner = saved_owner;
     }
 
     /// A closure or async block becomes a node of its own, an entry point.
@@ -1076,10 +1086,12 @@ impl BodyVisitor<'_, '_, '_> {
             col,
             stmt_line: self.stmt_line,
             in_async: self.in_async,
+            on_owner: self.on_owner,
             note: String::new(),
         });
         let saved_node = std::mem::replace(&mut self.node, id);
         let saved_async = std::mem::replace(&mut self.in_async, in_async);
+        let saved_owner = std::mem::replace(&mut self.on_owner, false);
         let saved_locals = self.locals.clone();
         if let Expr::Closure(c) = e {
             self.closure_params(c);
@@ -1090,6 +1102,7 @@ impl BodyVisitor<'_, '_, '_> {
         }
         self.locals = saved_locals;
         self.in_async = saved_async;
+        self.on_owner = saved_owner;
         self.node = saved_node;
     }
 
@@ -1267,6 +1280,7 @@ impl BodyVisitor<'_, '_, '_> {
                     col,
                     stmt_line: self.stmt_line,
                     in_async: false,
+                    on_owner: false,
                     note: how.to_string(),
                 });
             }
@@ -1359,15 +1373,16 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
         let expanded = self.expand(&segs);
         let n = expanded.len();
         let tail = |k: usize| if n >= k { expanded[n - k..].join("::") } else { String::new() };
-        let mut off_task = false;
+        // Some(on_owner) when a closure argument runs off the task.
+        let mut off_task = None;
         if tail(2) == "PinnedWorker::spawn" {
             self.push_site(SiteKind::Owner("PinnedWorker::spawn".into()), c.func.span());
-            off_task = true;
+            off_task = Some(true);
         } else if tail(2) == "thread::spawn" || tail(2) == "thread::scope" {
             if tail(2) == "thread::spawn" {
                 self.push_site(SiteKind::Owner("std::thread::spawn".into()), c.func.span());
             }
-            off_task = true;
+            off_task = Some(false);
         }
         self.path_call(&p.path, c.func.span(), CallKind::PathCall);
         if let Some(spawner) = Self::task_spawner(&expanded) {
@@ -1384,8 +1399,8 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
             return;
         }
         for a in &c.args {
-            if off_task && matches!(strip(a), Expr::Closure(_)) {
-                self.visit_with(a, false);
+            if let (Some(on_owner), Expr::Closure(_)) = (off_task, strip(a)) {
+                self.visit_off_task(a, on_owner);
             } else {
                 self.visit_expr(a);
             }
@@ -1396,9 +1411,15 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
         let name = m.method.to_string();
         let span = m.method.span();
         let recv_ty = self.expr_type(&m.receiver);
+        // A worker's closures run on its owner thread; a thread builder's
+        // closure on a new plain thread.
+        let mut owner_closure = true;
         if name == "spawn" || name == "spawn_scoped" {
             if let Some(what) = self.spawn_root(&m.receiver) {
+                owner_closure = !what.starts_with("thread");
                 self.push_site(SiteKind::Owner(what), span);
+            } else {
+                owner_closure = false;
             }
         }
         if self.in_async {
@@ -1431,6 +1452,7 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
             col,
             stmt_line: self.stmt_line,
             in_async: self.in_async,
+            on_owner: self.on_owner,
             note: String::new(),
         });
         self.visit_expr(&m.receiver);
@@ -1449,7 +1471,7 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
         if let Some(spawner) = match name.as_str() {
             "spawn_blocking" => Some("spawn_blocking"),
             "spawn" | "spawn_local" if m.args.iter().any(|a| matches!(strip(a), Expr::Async(_))) => {
-                Some("a task spawner")
+                Some(".spawn")
             }
             _ => None,
         } {
@@ -1468,7 +1490,7 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
         let off_task = OFF_TASK_METHODS.contains(&name.as_str());
         for a in &m.args {
             if off_task && matches!(strip(a), Expr::Closure(_)) {
-                self.visit_with(a, false);
+                self.visit_off_task(a, owner_closure);
             } else {
                 self.visit_expr(a);
             }
