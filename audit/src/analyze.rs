@@ -49,7 +49,11 @@ struct Ctx<'g> {
 fn resolve(g: &Graph, call: &Call) -> Vec<usize> {
     match &call.callee {
         Callee::Node(id) => vec![*id],
-        Callee::Method { ty: Some(t), name } => g.methods.get(&(t.clone(), name.clone())).cloned().unwrap_or_default(),
+        Callee::Method { ty: Some(t), name } => g
+            .methods
+            .get(&(t.clone(), name.clone()))
+            .cloned()
+            .unwrap_or_default(),
         Callee::Method { ty: None, .. } => Vec::new(),
         Callee::Path {
             candidates,
@@ -112,7 +116,11 @@ impl Ctx<'_> {
         }
         while let Some((u, su)) = queue.pop_front() {
             for &(v, call) in &self.edges[u] {
-                let sv = if su == 1 || self.g.nodes[u].calls[call].on_owner { 1 } else { 0 };
+                let sv = if su == 1 || self.g.nodes[u].calls[call].on_owner {
+                    1
+                } else {
+                    0
+                };
                 if self.reached[v][sv] || self.node_allows(v, Rule::OwnerPerRequest) {
                     continue;
                 }
@@ -163,7 +171,15 @@ impl Ctx<'_> {
         rev
     }
 
-    fn finding(&self, rule: Rule, node: usize, line: usize, col: usize, what: &str, message: String) -> Finding {
+    fn finding(
+        &self,
+        rule: Rule,
+        node: usize,
+        line: usize,
+        col: usize,
+        what: &str,
+        message: String,
+    ) -> Finding {
         let n = &self.g.nodes[node];
         let location = self.loc(n.file, line, col);
         let state = if rule == Rule::OwnerPerRequest && !self.reached[node][0] && self.reached[node][1] {
@@ -220,7 +236,9 @@ pub(crate) fn run(package: &str, g: &Graph, config: &Config, report: &mut Report
             let (rank, note) = match kind {
                 EntryKind::Attribute(a) => (0, format!("HTTP handler (`#[{a}]` attribute)")),
                 EntryKind::Request(t) => (0, format!("HTTP handler (takes a `{t}`)")),
-                EntryKind::ClosureHandler(how) => (0, format!("HTTP handler closure registered with `{how}`")),
+                EntryKind::ClosureHandler(how) => {
+                    (0, format!("HTTP handler closure registered with `{how}`"))
+                }
                 EntryKind::Spawned(s) => (2, format!("task passed to `{s}`")),
                 EntryKind::AsyncFn => (3, "async fn (runs per call, on runtime threads)".to_string()),
             };
@@ -234,7 +252,11 @@ pub(crate) fn run(package: &str, g: &Graph, config: &Config, report: &mut Report
             if call.kind == CallKind::Handler {
                 let at = cx.loc(n.file, call.line, call.col);
                 for t in targets {
-                    cx.add_entry(t, 0, format!("HTTP handler registered with `{}` at {at}", call.note));
+                    cx.add_entry(
+                        t,
+                        0,
+                        format!("HTTP handler registered with `{}` at {at}", call.note),
+                    );
                 }
             } else {
                 for t in targets {
@@ -261,7 +283,9 @@ pub(crate) fn run(package: &str, g: &Graph, config: &Config, report: &mut Report
             if cx.state(i).is_some() || fenced_hit {
                 let entry = cx.entry_name(i);
                 for site in &n.sites {
-                    let SiteKind::Owner(what) = &site.kind else { continue };
+                    let SiteKind::Owner(what) = &site.kind else {
+                        continue;
+                    };
                     if fenced_hit || file.allowed_at(Rule::OwnerPerRequest, site.line, site.stmt_line) {
                         suppressed += 1;
                         continue;
@@ -273,7 +297,11 @@ pub(crate) fn run(package: &str, g: &Graph, config: &Config, report: &mut Report
                 }
                 // Constructors on an owner thread make the context where it belongs.
                 let off_owner = cx.reached[i][0] || (fenced_hit && !cx.reached[i][1]);
-                for call in n.calls.iter().filter(|c| c.kind == CallKind::PathCall && !c.on_owner && off_owner) {
+                for call in n
+                    .calls
+                    .iter()
+                    .filter(|c| c.kind == CallKind::PathCall && !c.on_owner && off_owner)
+                {
                     let Some(pattern) = config
                         .constructors
                         .iter()
@@ -296,7 +324,11 @@ pub(crate) fn run(package: &str, g: &Graph, config: &Config, report: &mut Report
         }
         // affine-call-in-async
         if config.enabled(Rule::AffineCallInAsync) {
-            for call in n.calls.iter().filter(|c| c.kind == CallKind::PathCall && c.in_async) {
+            for call in n
+                .calls
+                .iter()
+                .filter(|c| c.kind == CallKind::PathCall && c.in_async)
+            {
                 let configured = config
                     .thread_affine
                     .iter()
@@ -334,7 +366,11 @@ pub(crate) fn run(package: &str, g: &Graph, config: &Config, report: &mut Report
                     continue;
                 };
                 let on_worker = recv_ty.as_deref().is_some_and(|t| worker_types.contains(&t));
-                let hit = if method.starts_with("run") { on_worker } else { true };
+                let hit = if method.starts_with("run") {
+                    on_worker
+                } else {
+                    true
+                };
                 if !hit {
                     continue;
                 }

@@ -128,7 +128,12 @@ impl Config {
                 )));
             }
         }
-        for p in self.thread_affine.iter().chain(&self.constructors).chain(&self.entry_points) {
+        for p in self
+            .thread_affine
+            .iter()
+            .chain(&self.constructors)
+            .chain(&self.entry_points)
+        {
             if p.trim().is_empty() || p == "::" {
                 return Err(Error::Config(format!("{origin}: empty path pattern `{p}`")));
             }
@@ -139,7 +144,11 @@ impl Config {
 
 /// The rule names, comma-separated, for messages.
 pub(crate) fn rule_names() -> String {
-    Rule::ALL.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+    Rule::ALL
+        .iter()
+        .map(|r| format!("`{r}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn from_json(value: &serde_json::Value, origin: &str) -> Result<Config, Error> {

@@ -59,7 +59,11 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in report order.
-    pub const ALL: [Rule; 3] = [Rule::OwnerPerRequest, Rule::AffineCallInAsync, Rule::BlockingInAsync];
+    pub const ALL: [Rule; 3] = [
+        Rule::OwnerPerRequest,
+        Rule::AffineCallInAsync,
+        Rule::BlockingInAsync,
+    ];
 
     /// The rule's name as written in allow comments, configuration and output.
     pub fn name(self) -> &'static str {
@@ -113,7 +117,13 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", render::display_path(&self.file), self.line, self.column)
+        write!(
+            f,
+            "{}:{}:{}",
+            render::display_path(&self.file),
+            self.line,
+            self.column
+        )
     }
 }
 
@@ -260,7 +270,11 @@ pub fn audit(options: &Options) -> Result<Report, Error> {
         report.packages.push(package.name.clone());
         analyze::run(&package.name, &crate_graph, &config, &mut report);
     }
-    report.findings.sort_by(|a, b| (&a.location, a.rule).cmp(&(&b.location, b.rule)));
-    report.findings.dedup_by(|a, b| a.location == b.location && a.rule == b.rule);
+    report
+        .findings
+        .sort_by(|a, b| (&a.location, a.rule).cmp(&(&b.location, b.rule)));
+    report
+        .findings
+        .dedup_by(|a, b| a.location == b.location && a.rule == b.rule);
     Ok(report)
 }

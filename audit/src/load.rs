@@ -78,7 +78,11 @@ fn parse_metadata(json: &[u8]) -> Result<Workspace, Error> {
         if !raw.workspace_members.contains(&p.id) {
             continue;
         }
-        let dir = p.manifest_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = p
+            .manifest_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         packages.push(Package {
             name: p.name,
             is_root: p.manifest_path == root_manifest,

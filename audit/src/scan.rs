@@ -52,7 +52,9 @@ impl FileInfo {
     }
 
     fn has(&self, line: usize, rule: Rule) -> bool {
-        self.allows.get(&line).is_some_and(|v| v.iter().any(|r| r == rule.name()))
+        self.allows
+            .get(&line)
+            .is_some_and(|v| v.iter().any(|r| r == rule.name()))
     }
 
     /// Rules allowed for an item spanning `start..=sig` (attributes, docs,
@@ -282,13 +284,19 @@ pub(crate) fn scan_package(package: &Package, include_tests: bool, problems: &mu
     let lib_name = package
         .targets
         .iter()
-        .find(|t| t.kind.iter().any(|k| matches!(k.as_str(), "lib" | "rlib" | "dylib" | "proc-macro")))
+        .find(|t| {
+            t.kind
+                .iter()
+                .any(|k| matches!(k.as_str(), "lib" | "rlib" | "dylib" | "proc-macro"))
+        })
         .map(|t| t.name.replace('-', "_"));
     for target in &package.targets {
-        let lib_like = target
-            .kind
-            .iter()
-            .any(|k| matches!(k.as_str(), "lib" | "rlib" | "dylib" | "cdylib" | "staticlib" | "proc-macro"));
+        let lib_like = target.kind.iter().any(|k| {
+            matches!(
+                k.as_str(),
+                "lib" | "rlib" | "dylib" | "cdylib" | "staticlib" | "proc-macro"
+            )
+        });
         let wanted = lib_like
             || target.kind.iter().any(|k| match k.as_str() {
                 "bin" | "example" => true,
@@ -302,9 +310,17 @@ pub(crate) fn scan_package(package: &Package, include_tests: bool, problems: &mu
         let key = if lib_like && Some(&crate_name) == lib_name.as_ref() {
             crate_name
         } else {
-            format!("{}:{}", target.kind.first().map(String::as_str).unwrap_or("bin"), crate_name)
+            format!(
+                "{}:{}",
+                target.kind.first().map(String::as_str).unwrap_or("bin"),
+                crate_name
+            )
         };
-        let dir = target.src_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = target
+            .src_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         s.load_file(&target.src_path, vec![key], dir, Vec::new(), None);
     }
     let units = std::mem::take(&mut s.units);
@@ -328,7 +344,11 @@ fn path_segs(path: &syn::Path) -> Vec<String> {
 }
 
 fn attr_last(attr: &Attribute) -> String {
-    attr.path().segments.last().map(|s| s.ident.to_string()).unwrap_or_default()
+    attr.path()
+        .segments
+        .last()
+        .map(|s| s.ident.to_string())
+        .unwrap_or_default()
 }
 
 fn is_test_attr(attr: &Attribute) -> bool {
@@ -351,8 +371,22 @@ fn is_test_item(attrs: &[Attribute]) -> bool {
 }
 
 const WRAPPERS: &[&str] = &[
-    "Arc", "Rc", "Box", "Cow", "State", "Data", "Extension", "Mutex", "RwLock", "Option", "RefCell",
-    "Cell", "OnceLock", "OnceCell", "LazyLock", "ManuallyDrop",
+    "Arc",
+    "Rc",
+    "Box",
+    "Cow",
+    "State",
+    "Data",
+    "Extension",
+    "Mutex",
+    "RwLock",
+    "Option",
+    "RefCell",
+    "Cell",
+    "OnceLock",
+    "OnceCell",
+    "LazyLock",
+    "ManuallyDrop",
 ];
 
 /// The name of a type, looking through references and common wrappers:
@@ -456,7 +490,10 @@ fn line_comments(text: &str) -> Vec<(usize, usize)> {
                     loop {
                         match b.get(j) {
                             None => break,
-                            Some(b'"') if b[j + 1..].iter().take(hashes).filter(|&&c| c == b'#').count() == hashes => {
+                            Some(b'"')
+                                if b[j + 1..].iter().take(hashes).filter(|&&c| c == b'#').count()
+                                    == hashes =>
+                            {
                                 j += 1 + hashes;
                                 break;
                             }
@@ -525,7 +562,9 @@ fn scan_comments(text: &str, path: &Path, problems: &mut Vec<Problem>) -> FileIn
             info.comment_only.insert(n);
         }
         let rest = line[pos..].trim_start_matches(['/', '!']).trim_start();
-        let Some(directive) = rest.strip_prefix("pinned-audit:") else { continue };
+        let Some(directive) = rest.strip_prefix("pinned-audit:") else {
+            continue;
+        };
         let directive = directive.trim_start();
         if directive.starts_with("thread-affine") {
             info.affine_marks.insert(n);
@@ -633,7 +672,11 @@ impl Scanner<'_> {
                 Item::Struct(s) => {
                     let name = s.ident.to_string();
                     for (i, f) in s.fields.iter().enumerate() {
-                        let fname = f.ident.as_ref().map(|i| i.to_string()).unwrap_or_else(|| i.to_string());
+                        let fname = f
+                            .ident
+                            .as_ref()
+                            .map(|i| i.to_string())
+                            .unwrap_or_else(|| i.to_string());
                         if let Some(t) = type_name(&f.ty) {
                             self.fields.insert((name.clone(), fname), t);
                         }
@@ -642,7 +685,11 @@ impl Scanner<'_> {
                 other => kept.push(other),
             }
         }
-        self.units.push(Unit { ctx, uses, items: kept });
+        self.units.push(Unit {
+            ctx,
+            uses,
+            items: kept,
+        });
     }
 
     fn add_mod(&mut self, ctx: &ModCtx, m: syn::ItemMod) {
@@ -659,7 +706,8 @@ impl Scanner<'_> {
         let path_attr = m.attrs.iter().find_map(|a| match &a.meta {
             syn::Meta::NameValue(nv) if nv.path.is_ident("path") => match &nv.value {
                 Expr::Lit(syn::ExprLit {
-                    lit: syn::Lit::Str(s), ..
+                    lit: syn::Lit::Str(s),
+                    ..
                 }) => Some(s.value()),
                 _ => None,
             },
@@ -679,7 +727,11 @@ impl Scanner<'_> {
             None => {
                 let (line, col) = line_col(m.ident.span());
                 let (file, dir) = if let Some(p) = path_attr {
-                    let base = self.graph.files[ctx.file].path.parent().map(Path::to_path_buf).unwrap_or_default();
+                    let base = self.graph.files[ctx.file]
+                        .path
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
                     let file = base.join(p);
                     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
                     (file, dir)
@@ -715,7 +767,9 @@ impl Scanner<'_> {
                 self.scan_fn(unit, &f.attrs, &f.sig, &f.block, None, allows);
             }
             Item::Impl(imp) => {
-                let Some(self_ty) = type_name(&imp.self_ty) else { return };
+                let Some(self_ty) = type_name(&imp.self_ty) else {
+                    return;
+                };
                 let mut allows = base_allows;
                 allows.extend(info.item_allows(imp.span().start().line, imp.self_ty.span().start().line));
                 for it in &imp.items {
@@ -739,7 +793,9 @@ impl Scanner<'_> {
                         if let Some(block) = &f.default {
                             let info = &self.graph.files[unit.ctx.file];
                             let mut a = allows.clone();
-                            a.extend(info.item_allows(f.span().start().line, f.sig.ident.span().start().line));
+                            a.extend(
+                                info.item_allows(f.span().start().line, f.sig.ident.span().start().line),
+                            );
                             self.scan_fn(unit, &f.attrs, &f.sig, block, Some(&name), a);
                         }
                     }
@@ -804,12 +860,19 @@ impl Scanner<'_> {
             }
         }
         const HANDLER_ATTRS: &[&str] = &[
-            "get", "post", "put", "delete", "patch", "head", "options", "trace", "connect", "route", "handler",
+            "get", "post", "put", "delete", "patch", "head", "options", "trace", "connect", "route",
+            "handler",
         ];
-        if let Some(a) = attrs.iter().find(|a| HANDLER_ATTRS.contains(&attr_last(a).as_str())) {
+        if let Some(a) = attrs
+            .iter()
+            .find(|a| HANDLER_ATTRS.contains(&attr_last(a).as_str()))
+        {
             entry = Some(EntryKind::Attribute(attr_last(a)));
         }
-        let is_main_like = name == "main" || attrs.iter().any(|a| matches!(attr_last(a).as_str(), "main" | "test"));
+        let is_main_like = name == "main"
+            || attrs
+                .iter()
+                .any(|a| matches!(attr_last(a).as_str(), "main" | "test"));
         let is_async = sig.asyncness.is_some();
         if entry.is_none() && is_async && !is_main_like {
             entry = Some(EntryKind::AsyncFn);
@@ -833,7 +896,11 @@ impl Scanner<'_> {
             self.graph.free_fns.entry(full.join("::")).or_default().push(id);
             self.graph.by_name.entry(name).or_default().push(id);
         } else if let Some(t) = self_ty {
-            self.graph.methods.entry((t.to_string(), name)).or_default().push(id);
+            self.graph
+                .methods
+                .entry((t.to_string(), name))
+                .or_default()
+                .push(id);
         }
         let mut v = BodyVisitor {
             s: self,
@@ -910,7 +977,10 @@ fn strip(mut e: &Expr) -> &Expr {
             Expr::Reference(r) => &r.expr,
             Expr::Await(a) => &a.base,
             Expr::MethodCall(m)
-                if matches!(m.method.to_string().as_str(), "unwrap" | "expect" | "clone" | "as_ref") =>
+                if matches!(
+                    m.method.to_string().as_str(),
+                    "unwrap" | "expect" | "clone" | "as_ref"
+                ) =>
             {
                 &m.receiver
             }
@@ -998,7 +1068,11 @@ impl BodyVisitor<'_, '_, '_> {
         }
         let type_method = if full.len() >= 2 {
             let ty = &full[full.len() - 2];
-            let ty = if ty == "Self" { self.self_ty.clone().unwrap_or_default() } else { ty.clone() };
+            let ty = if ty == "Self" {
+                self.self_ty.clone().unwrap_or_default()
+            } else {
+                ty.clone()
+            };
             is_ident_start_upper(&ty).then(|| (ty, full[full.len() - 1].clone()))
         } else {
             None
@@ -1172,14 +1246,15 @@ impl BodyVisitor<'_, '_, '_> {
                 }
             }
             Expr::Call(c) => {
-                let Expr::Path(p) = strip(&c.func) else { return None };
+                let Expr::Path(p) = strip(&c.func) else {
+                    return None;
+                };
                 let segs = self.expand(&path_segs(&p.path));
                 let last = segs.last()?.as_str();
                 let ty = segs.len().checked_sub(2).map(|i| segs[i].as_str());
                 match (ty, last) {
-                    (Some("Arc" | "Rc" | "Box" | "Mutex" | "RwLock"), "new" | "clone") | (None, "Some" | "Ok") => {
-                        c.args.first().and_then(|a| self.expr_type(a))
-                    }
+                    (Some("Arc" | "Rc" | "Box" | "Mutex" | "RwLock"), "new" | "clone")
+                    | (None, "Some" | "Ok") => c.args.first().and_then(|a| self.expr_type(a)),
                     (Some("PinnedWorker"), "builder") => Some("Builder".into()),
                     (Some("Pool"), "builder") => Some("PoolBuilder".into()),
                     (Some(t), _) if is_ident_start_upper(t) => {
@@ -1204,7 +1279,9 @@ impl BodyVisitor<'_, '_, '_> {
             match e {
                 Expr::MethodCall(m) => e = strip(&m.receiver),
                 Expr::Call(c) => {
-                    let Expr::Path(p) = strip(&c.func) else { return None };
+                    let Expr::Path(p) = strip(&c.func) else {
+                        return None;
+                    };
                     let segs = self.expand(&path_segs(&p.path));
                     let n = segs.len();
                     if n >= 2 {
@@ -1237,7 +1314,12 @@ impl BodyVisitor<'_, '_, '_> {
         match e {
             Expr::Call(c) => {
                 if let Expr::Path(p) = &*c.func {
-                    let name = p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default();
+                    let name = p
+                        .path
+                        .segments
+                        .last()
+                        .map(|s| s.ident.to_string())
+                        .unwrap_or_default();
                     if ROUTE_FNS.contains(&name.as_str()) {
                         if let Some(h) = c.args.last() {
                             self.handler_arg(h, &format!("{name}(..)"));
@@ -1284,9 +1366,12 @@ impl BodyVisitor<'_, '_, '_> {
                     note: how.to_string(),
                 });
             }
-            e @ Expr::Closure(_) => {
-                self.closure_node(e, EntryKind::ClosureHandler(how.to_string()), "closure handler", false)
-            }
+            e @ Expr::Closure(_) => self.closure_node(
+                e,
+                EntryKind::ClosureHandler(how.to_string()),
+                "closure handler",
+                false,
+            ),
             other => self.visit_expr(other),
         }
     }
@@ -1297,7 +1382,11 @@ impl BodyVisitor<'_, '_, '_> {
         match last {
             "spawn_blocking" => Some("spawn_blocking"),
             "spawn" | "spawn_local" if has("tokio") || has("task") || has("async_std") || has("smol") => {
-                Some(if last == "spawn" { "tokio::spawn" } else { "spawn_local" })
+                Some(if last == "spawn" {
+                    "tokio::spawn"
+                } else {
+                    "spawn_local"
+                })
             }
             _ => None,
         }
@@ -1372,7 +1461,13 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
         let segs = path_segs(&p.path);
         let expanded = self.expand(&segs);
         let n = expanded.len();
-        let tail = |k: usize| if n >= k { expanded[n - k..].join("::") } else { String::new() };
+        let tail = |k: usize| {
+            if n >= k {
+                expanded[n - k..].join("::")
+            } else {
+                String::new()
+            }
+        };
         // Some(on_owner) when a closure argument runs off the task.
         let mut off_task = None;
         if tail(2) == "PinnedWorker::spawn" {
@@ -1391,7 +1486,12 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
                 if matches!(a_stripped, Expr::Closure(_) | Expr::Async(_)) {
                     let blocking = spawner == "spawn_blocking";
                     let what = format!("closure passed to {spawner}");
-                    self.closure_node(a_stripped, EntryKind::Spawned(spawner.to_string()), &what, !blocking);
+                    self.closure_node(
+                        a_stripped,
+                        EntryKind::Spawned(spawner.to_string()),
+                        &what,
+                        !blocking,
+                    );
                 } else {
                     self.visit_expr(a);
                 }
@@ -1480,7 +1580,12 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
                 if matches!(a_stripped, Expr::Closure(_) | Expr::Async(_)) {
                     let what = format!("closure passed to {spawner}");
                     let blocking = spawner == "spawn_blocking";
-                    self.closure_node(a_stripped, EntryKind::Spawned(spawner.to_string()), &what, !blocking);
+                    self.closure_node(
+                        a_stripped,
+                        EntryKind::Spawned(spawner.to_string()),
+                        &what,
+                        !blocking,
+                    );
                 } else {
                     self.visit_expr(a);
                 }

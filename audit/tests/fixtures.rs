@@ -12,7 +12,9 @@ struct Run {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn audit(name: &str, extra: &[&str]) -> Run {
@@ -52,7 +54,10 @@ fn findings(v: &serde_json::Value) -> Vec<(String, String)> {
             let file = l["file"].as_str().unwrap().replace('\\', "/");
             let file = file.split("/fixtures/").nth(1).unwrap().to_string();
             let file = file.split_once('/').unwrap().1.to_string();
-            (f["rule"].as_str().unwrap().to_string(), format!("{file}:{}:{}", l["line"], l["column"]))
+            (
+                f["rule"].as_str().unwrap().to_string(),
+                format!("{file}:{}:{}", l["line"], l["column"]),
+            )
         })
         .collect()
 }
@@ -75,12 +80,22 @@ fn axum_handler_spawning_owners_fails_with_chains() {
     let run = audit("owner_axum", &[]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     // rustc-style: rule, position, source line, chain, help.
-    assert!(run.stderr.contains("error[owner-per-request]: `PinnedWorker::spawn` starts an owner thread"));
+    assert!(run
+        .stderr
+        .contains("error[owner-per-request]: `PinnedWorker::spawn` starts an owner thread"));
     assert!(run.stderr.contains("--> src/main.rs:30:5"), "{}", run.stderr);
-    assert!(run.stderr.contains("30 |     PinnedWorker::spawn(|| Ok::<_, ()>(1)).unwrap()"));
-    assert!(run.stderr.contains("`create` at src/main.rs:38:10: HTTP handler registered with `post(..)`"));
-    assert!(run.stderr.contains("-> `make_worker` at src/main.rs:39:13: called from `create`"));
-    assert!(run.stderr.contains("= help: create the worker or pool once at start-up"));
+    assert!(run
+        .stderr
+        .contains("30 |     PinnedWorker::spawn(|| Ok::<_, ()>(1)).unwrap()"));
+    assert!(run
+        .stderr
+        .contains("`create` at src/main.rs:38:10: HTTP handler registered with `post(..)`"));
+    assert!(run
+        .stderr
+        .contains("-> `make_worker` at src/main.rs:39:13: called from `create`"));
+    assert!(run
+        .stderr
+        .contains("= help: create the worker or pool once at start-up"));
     assert!(run.stderr.contains("pinned-audit: 3 finding(s), 0 problem(s)"));
 
     let (code, v) = json("owner_axum", &[]);
@@ -94,7 +109,15 @@ fn axum_handler_spawning_owners_fails_with_chains() {
         ])
     );
     // Methods on known types: the state's field, then `self`.
-    assert_eq!(chain(&v, 0), ["upload", "Service::handle", "Service::start", "Pool::builder(..)..spawn"]);
+    assert_eq!(
+        chain(&v, 0),
+        [
+            "upload",
+            "Service::handle",
+            "Service::start",
+            "Pool::builder(..)..spawn"
+        ]
+    );
     assert_eq!(chain(&v, 1), ["create", "make_worker", "PinnedWorker::spawn"]);
     // Through a closure passed to `map`.
     assert_eq!(chain(&v, 2), ["batch", "spawn_one", "std::thread::spawn"]);
@@ -104,7 +127,11 @@ fn axum_handler_spawning_owners_fails_with_chains() {
 fn allow_comments_on_the_line_and_the_item_make_it_pass() {
     let run = audit("owner_allowed", &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("0 finding(s), 0 problem(s), 2 allowed"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("0 finding(s), 0 problem(s), 2 allowed"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -119,7 +146,9 @@ fn actix_attributes_request_parameters_and_spawned_tasks_are_entries() {
             ("owner-per-request", "src/lib.rs:23:37"),
         ])
     );
-    let notes: Vec<&str> = (0..3).map(|i| v["findings"][i]["chain"][0]["note"].as_str().unwrap()).collect();
+    let notes: Vec<&str> = (0..3)
+        .map(|i| v["findings"][i]["chain"][0]["note"].as_str().unwrap())
+        .collect();
     assert_eq!(
         notes,
         [
@@ -145,11 +174,23 @@ fn mod_files_use_imports_super_and_path_attributes_are_followed() {
             ("owner-per-request", "src/net/mod.rs:7:30"),
         ])
     );
-    assert_eq!(chain(&v, 0), ["entry", "engine::Engine::boot", "PinnedWorker::spawn"]);
-    assert_eq!(chain(&v, 1), ["entry", "odd::make", "PinnedWorker::builder()..spawn"]);
+    assert_eq!(
+        chain(&v, 0),
+        ["entry", "engine::Engine::boot", "PinnedWorker::spawn"]
+    );
+    assert_eq!(
+        chain(&v, 1),
+        ["entry", "odd::make", "PinnedWorker::builder()..spawn"]
+    );
     assert_eq!(
         chain(&v, 3),
-        ["entry", "net::http::serve", "net::http::helpers::spawn_worker", "net::pool_of_one", "Pool::builder(..)..spawn"]
+        [
+            "entry",
+            "net::http::serve",
+            "net::http::helpers::spawn_worker",
+            "net::pool_of_one",
+            "Pool::builder(..)..spawn"
+        ]
     );
 }
 
@@ -184,7 +225,9 @@ fn blocking_run_and_wait_in_async_code_are_flagged() {
             ("blocking-in-async", "src/lib.rs:37:29"),
         ])
     );
-    let messages: Vec<&str> = (0..5).map(|i| v["findings"][i]["message"].as_str().unwrap()).collect();
+    let messages: Vec<&str> = (0..5)
+        .map(|i| v["findings"][i]["message"].as_str().unwrap())
+        .collect();
     assert!(messages[0].contains("on a `Pool`"));
     assert!(messages[2].contains("ticket"));
     assert!(messages[4].contains("on a `Route`"));
@@ -196,7 +239,10 @@ fn configuration_file_adds_constructors_entry_points_allows_and_switches() {
     assert_eq!(code, 1);
     assert_eq!(findings(&v), pairs(&[("owner-per-request", "src/lib.rs:22:24")]));
     assert_eq!(chain(&v, 0), ["server::Conn::serve", "sdk::Context::create"]);
-    assert_eq!(v["findings"][0]["chain"][0]["note"], "entry point named in the configuration");
+    assert_eq!(
+        v["findings"][0]["chain"][0]["note"],
+        "entry point named in the configuration"
+    );
     // warm_up is allowed in the file; the blocking run is under a rule
     // switched off.
     assert_eq!(v["suppressed"], 1);
@@ -209,7 +255,10 @@ fn configuration_file_adds_constructors_entry_points_allows_and_switches() {
     assert_eq!(code, 1);
     assert_eq!(
         findings(&v),
-        pairs(&[("owner-per-request", "src/lib.rs:22:24"), ("blocking-in-async", "src/lib.rs:34:16")])
+        pairs(&[
+            ("owner-per-request", "src/lib.rs:22:24"),
+            ("blocking-in-async", "src/lib.rs:34:16")
+        ])
     );
 }
 
@@ -217,7 +266,12 @@ fn configuration_file_adds_constructors_entry_points_allows_and_switches() {
 fn a_bad_configuration_exits_2_with_a_clear_message() {
     let run = audit("bad_config", &[]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("unknown field `thread-afine`, expected one of `thread-affine`"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("unknown field `thread-afine`, expected one of `thread-affine`"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -260,14 +314,20 @@ fn tests_and_cfg_test_code_only_with_the_tests_flag() {
     assert_eq!(code, 1);
     assert_eq!(
         findings(&v),
-        pairs(&[("owner-per-request", "src/lib.rs:9:17"), ("owner-per-request", "tests/many.rs:6:17")])
+        pairs(&[
+            ("owner-per-request", "src/lib.rs:9:17"),
+            ("owner-per-request", "tests/many.rs:6:17")
+        ])
     );
 }
 
 #[test]
 fn usage_errors_exit_2_and_help_exits_0() {
     let bin = env!("CARGO_BIN_EXE_cargo-pinned-audit");
-    let out = Command::new(bin).args(["pinned-audit", "--frobnicate"]).output().unwrap();
+    let out = Command::new(bin)
+        .args(["pinned-audit", "--frobnicate"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument `--frobnicate`"));
     let out = Command::new(bin).args(["--help"]).output().unwrap();
