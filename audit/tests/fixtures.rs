@@ -340,3 +340,14 @@ fn usage_errors_exit_2_and_help_exits_0() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cargo metadata"));
 }
+
+#[test]
+fn a_misspelt_allow_is_an_error_and_suppresses_nothing() {
+    let (code, v) = json("bad_allow", &[]);
+    assert_eq!(code, 2);
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{v}");
+    assert_eq!(problems[0]["line"], 6);
+    assert!(problems[0]["message"].as_str().unwrap().contains("unknown rule `owner-per-reqest`"));
+    assert_eq!(findings(&v), pairs(&[("owner-per-request", "src/lib.rs:7:13")]));
+}
