@@ -846,15 +846,15 @@ impl Scanner<'_> {
                     }
                 }
                 FnArg::Typed(pt) => {
-                    if let Some(t) = type_name(&pt.ty) {
-                        if entry.is_none() && (t == "Request" || t == "HttpRequest") {
-                            entry = Some(EntryKind::Request(t.clone()));
-                        }
-                        let mut ids = Vec::new();
-                        pat_idents(&pt.pat, &mut ids);
-                        for id in ids {
-                            locals.insert(id, t.clone());
-                        }
+                    // An empty type still marks the name as a local, not a function.
+                    let t = type_name(&pt.ty).unwrap_or_default();
+                    if entry.is_none() && (t == "Request" || t == "HttpRequest") {
+                        entry = Some(EntryKind::Request(t.clone()));
+                    }
+                    let mut ids = Vec::new();
+                    pat_idents(&pt.pat, &mut ids);
+                    for id in ids {
+                        locals.insert(id, t.clone());
                     }
                 }
             }
@@ -1182,14 +1182,14 @@ impl BodyVisitor<'_, '_, '_> {
 
     fn closure_params(&mut self, c: &syn::ExprClosure) {
         for p in &c.inputs {
-            if let Pat::Type(pt) = p {
-                if let Some(t) = type_name(&pt.ty) {
-                    let mut ids = Vec::new();
-                    pat_idents(&pt.pat, &mut ids);
-                    for id in ids {
-                        self.locals.insert(id, t.clone());
-                    }
-                }
+            let t = match p {
+                Pat::Type(pt) => type_name(&pt.ty).unwrap_or_default(),
+                _ => String::new(),
+            };
+            let mut ids = Vec::new();
+            pat_idents(p, &mut ids);
+            for id in ids {
+                self.locals.insert(id, t.clone());
             }
         }
     }
@@ -1200,7 +1200,7 @@ impl BodyVisitor<'_, '_, '_> {
             Expr::Path(p) => {
                 let segs = path_segs(&p.path);
                 if segs.len() == 1 {
-                    self.locals.get(&segs[0]).cloned()
+                    self.locals.get(&segs[0]).filter(|t| !t.is_empty()).cloned()
                 } else {
                     None
                 }
@@ -1417,11 +1417,10 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
                 Pat::Type(pt) => type_name(&pt.ty),
                 _ => None,
             }
-            .or_else(|| local.init.as_ref().and_then(|i| self.expr_type(&i.expr)));
-            if let Some(t) = ty {
-                for id in &ids {
-                    self.locals.insert(id.clone(), t.clone());
-                }
+            .or_else(|| local.init.as_ref().and_then(|i| self.expr_type(&i.expr)))
+            .unwrap_or_default();
+            for id in &ids {
+                self.locals.insert(id.clone(), ty.clone());
             }
         }
         visit::visit_stmt(self, stmt);
@@ -1610,5 +1609,25 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
                 self.visit_expr(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_comments;
+
+    fn comment_lines(src: &str) -> Vec<usize> {
+        line_comments(src).into_iter().map(|(l, _)| l).collect()
+    }
+
+    #[test]
+    fn comments_outside_literals_only() {
+        let src = "let a = \"// no\"; // yes\nlet b = r#\"\n// no\n\"#;\nlet c = '/'; // yes\n/* // no */ x\nfn f<'a>(x: &'a str) {} // yes\nlet d = b\"//\"; let e = '\\''; // yes\n";
+        assert_eq!(comment_lines(src), [1, 5, 7, 8]);
+    }
+
+    #[test]
+    fn offsets_are_bytes_in_the_line() {
+        assert_eq!(line_comments("x\n  // c"), [(2, 2)]);
     }
 }

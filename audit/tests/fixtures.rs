@@ -348,6 +348,9 @@ fn a_misspelt_allow_is_an_error_and_suppresses_nothing() {
     let problems = v["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "{v}");
     assert_eq!(problems[0]["line"], 6);
-    assert!(problems[0]["message"].as_str().unwrap().contains("unknown rule `owner-per-reqest`"));
+    assert!(problems[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown rule `owner-per-reqest`"));
     assert_eq!(findings(&v), pairs(&[("owner-per-request", "src/lib.rs:7:13")]));
 }
