@@ -268,7 +268,9 @@ struct Scanner<'a> {
     include_tests: bool,
     units: Vec<Unit>,
     fields: HashMap<(String, String), String>,
-    loaded: HashSet<PathBuf>,
+    /// (crate key, file): a file shared by two targets (`tests/common`)
+    /// is read once per target, and a `#[path]` cycle ends.
+    loaded: HashSet<(String, PathBuf)>,
 }
 
 /// Scans every audited target of `package`.
@@ -614,7 +616,7 @@ impl Scanner<'_> {
         decl: Option<(usize, usize, usize)>,
     ) {
         let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        if !self.loaded.insert(canonical) {
+        if !self.loaded.insert((mod_path[0].clone(), canonical)) {
             return;
         }
         let text = match std::fs::read_to_string(path) {

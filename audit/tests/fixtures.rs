@@ -316,9 +316,12 @@ fn tests_and_cfg_test_code_only_with_the_tests_flag() {
         findings(&v),
         pairs(&[
             ("owner-per-request", "src/lib.rs:9:17"),
-            ("owner-per-request", "tests/many.rs:6:17")
+            ("owner-per-request", "tests/common/mod.rs:3:13"),
+            ("owner-per-request", "tests/many.rs:6:17"),
         ])
     );
+    // A module shared by two test targets is read for each of them.
+    assert_eq!(chain(&v, 1)[1], "common::start");
 }
 
 #[test]
