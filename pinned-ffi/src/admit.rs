@@ -72,7 +72,7 @@ where
         };
         // Polled on an owner thread whose wait could never end (its own
         // worker's queue, or one whose owner waits on it): refuse.
-        if waits::would_deadlock(this.worker.id()) {
+        if waits::poll_would_deadlock(this.worker.id()) {
             this.leave_line();
             return Poll::Ready(Err(TrySubmitError::Refused(f, Error::Reentrant)));
         }

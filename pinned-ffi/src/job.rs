@@ -209,7 +209,7 @@ impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P
         // the catch, before the outcome is published: `run` relies on this.
         // A panic's payload goes to the caller inside the `Panic` (which
         // drops it under a catch if nobody takes it).
-        let ran = catch_panic(|| call(f, owner));
+        let ran = catch_panic(|| crate::waits::in_job(|| call(f, owner)));
         crate::waits::end_job();
         let (result, outcome) = match ran {
             Ok(r) => (Ok(r), RunOutcome::Done),

@@ -403,7 +403,7 @@ where
     match action {
         Action::Run(o) => {
             // The payload of a panic goes to the poster in the error.
-            let ran = catch_panic(|| g(o));
+            let ran = catch_panic(|| crate::waits::in_job(|| g(o)));
             crate::waits::end_job(); // before the answer: see `end_job`
             match ran {
                 Ok(r) => (Ok(r), 0),

@@ -195,7 +195,7 @@ impl Room {
 /// A waker is user code (an executor's): it may run on the owner thread
 /// here, so it runs under a catch.
 fn wake_caught(w: Waker) -> u32 {
-    match crate::unwind::catch(move || w.wake()) {
+    match crate::unwind::catch(move || crate::waits::waking(move || w.wake())) {
         Ok(()) => 0,
         Err(caught) => caught.panics(),
     }

@@ -247,7 +247,7 @@ impl Publish {
         // happens before the waiter sees FINISHED.
         state.fetch_or(FINISHED, Ordering::Release);
         match waker {
-            Some(waker) => match crate::unwind::catch(move || waker.wake()) {
+            Some(waker) => match crate::unwind::catch(move || crate::waits::waking(move || waker.wake())) {
                 Ok(()) => 0,
                 Err(caught) => caught.panics(),
             },

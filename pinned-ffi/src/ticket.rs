@@ -364,7 +364,7 @@ impl<R> Future for Ticket<R> {
             // or its own job ends.
             // Record it, and refuse a wait that could never end (on its own
             // worker, or closing a cycle of owners).
-            let me = waits::current();
+            let me = waits::polling_waiter();
             if me.is_some() && this.waiting.as_ref().and_then(Waiting::waiter) != me {
                 match waits::begin_polled(slot.worker()) {
                     Ok(w) => this.waiting = Some(w),

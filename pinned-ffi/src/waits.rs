@@ -56,6 +56,46 @@ thread_local! {
     /// The worker this thread waits for, when it is not that worker's owner
     /// but that owner waits on it (a broadcast's helper thread).
     static ACTING_FOR: Cell<u64> = const { Cell::new(0) };
+    /// Set while this thread calls a waker for the library: a future that
+    /// waker polls inline returns at once and blocks nothing.
+    static WAKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Restores a thread-local flag when dropped.
+struct RestoreWaking(bool);
+impl Drop for RestoreWaking {
+    fn drop(&mut self) {
+        WAKING.with(|s| s.set(self.0));
+    }
+}
+
+/// Calls a waker: polls it makes inline (some executors run the task in
+/// `wake`) are not waits of this thread's owner (see [`polling_waiter`]).
+pub(crate) fn waking<R>(f: impl FnOnce() -> R) -> R {
+    let _restore = RestoreWaking(WAKING.with(|s| s.replace(true)));
+    f()
+}
+
+/// Runs a job's closure: polls made inside it are waits of its owner,
+/// even when the job itself was reached from a waker.
+pub(crate) fn in_job<R>(f: impl FnOnce() -> R) -> R {
+    let _restore = RestoreWaking(WAKING.with(|s| s.replace(false)));
+    f()
+}
+
+/// The worker whose owner a not-ready poll on this thread would hold up:
+/// like [`current`], except inside a waker the library calls (an executor
+/// that polls the woken task inline), where a poll returns at once and
+/// holds nobody up.
+pub(crate) fn polling_waiter() -> Option<u64> {
+    let acting = ACTING_FOR.with(Cell::get);
+    if acting != 0 {
+        return Some(acting);
+    }
+    if WAKING.with(Cell::get) {
+        return None;
+    }
+    owner_of_current_thread()
 }
 
 /// Marks this thread as the owner thread of worker `id`.
@@ -109,7 +149,17 @@ fn reaches(edges: &[Edge], from: u64, to: u64) -> bool {
 
 /// Whether a blocking wait on `target` from this thread would never end.
 pub(crate) fn would_deadlock(target: u64) -> bool {
-    match waiter() {
+    would_deadlock_as(waiter(), target)
+}
+
+/// Whether waiting for room on `target` in a poll from this thread would
+/// never end (see [`polling_waiter`]).
+pub(crate) fn poll_would_deadlock(target: u64) -> bool {
+    would_deadlock_as(polling_waiter(), target)
+}
+
+fn would_deadlock_as(waiter: Option<u64>, target: u64) -> bool {
+    match waiter {
         None => false,
         Some(me) if me == target => true,
         Some(me) => reaches(&EDGES.lock().unwrap_or_else(|e| e.into_inner()), target, me),
@@ -138,7 +188,7 @@ pub(crate) fn begin(target: u64) -> Result<Waiting, Error> {
 /// ends when the job that polled it ends ([`end_job`]), since the owner is
 /// then no longer blocked, wherever the ticket went.
 pub(crate) fn begin_polled(target: u64) -> Result<Waiting, Error> {
-    match waiter() {
+    match polling_waiter() {
         None => Ok(Waiting(None)),
         Some(me) => begin_as(me, target, true),
     }
