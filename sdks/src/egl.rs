@@ -15,7 +15,8 @@
 //! small pbuffer surface: no window system, no GPU needed (llvmpipe).
 //! `libEGL.so.1` and `libGLESv2.so.2` are opened at run time ([`Egl::load`]),
 //! so this builds anywhere and a machine without them gets
-//! [`GlError::LibraryMissing`].
+//! [`GlError::LibraryMissing`] (a library that opens but lacks an entry
+//! point is a hard [`GlError::SymbolMissing`], not a skip).
 //!
 //! | step | here |
 //! |---|---|
@@ -46,9 +47,11 @@
 //! needs_send(ctx);
 //! ```
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr};
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, ThreadId};
 
@@ -105,6 +108,8 @@ const EGL_HEIGHT: EglInt = 0x3056;
 const EGL_CONTEXT_CLIENT_VERSION: EglInt = 0x3098;
 const EGL_OPENGL_ES_API: EglEnum = 0x30A0;
 const EGL_FALSE: EglBoolean = 0;
+const EGL_DRAW: EglInt = 0x3059;
+const EGL_READ: EglInt = 0x305A;
 
 /// `GL_NO_ERROR`.
 pub const GL_NO_ERROR: GlEnum = 0;
@@ -149,6 +154,8 @@ pub struct Egl {
     pub egl_destroy_context: unsafe extern "C" fn(EglDisplay, EglContext) -> EglBoolean,
     pub egl_make_current: unsafe extern "C" fn(EglDisplay, EglSurface, EglSurface, EglContext) -> EglBoolean,
     pub egl_get_current_context: unsafe extern "C" fn() -> EglContext,
+    pub egl_get_current_display: unsafe extern "C" fn() -> EglDisplay,
+    pub egl_get_current_surface: unsafe extern "C" fn(EglInt) -> EglSurface,
     pub egl_release_thread: unsafe extern "C" fn() -> EglBoolean,
     pub gl_get_error: unsafe extern "C" fn() -> GlEnum,
     pub gl_get_string: unsafe extern "C" fn(GlEnum) -> *const u8,
@@ -190,13 +197,21 @@ impl Egl {
     /// resolves the entry points.
     ///
     /// # Errors
-    /// [`GlError::LibraryMissing`] naming the library or entry point.
+    /// [`GlError::LibraryMissing`] when a library cannot be opened (no GL
+    /// here: a skip); [`GlError::SymbolMissing`] when it opens but lacks an
+    /// entry point (a broken install: a hard error).
     pub fn load() -> Result<&'static Egl, GlError> {
         EGL.get_or_init(Egl::open).as_ref().map_err(Clone::clone)
     }
 
     fn open() -> Result<Egl, GlError> {
         let missing = |what: &str, e: libloading::Error| GlError::LibraryMissing(format!("{what}: {e}"));
+        let no_symbol =
+            |library: &'static str, name: &'static str, e: libloading::Error| GlError::SymbolMissing {
+                library,
+                name,
+                detail: e.to_string(),
+            };
         // SAFETY: loading the libraries runs their initialisers, which are
         // sound to run in any process; the libraries are kept in the
         // returned `Egl` (a process-wide static), so they outlive every
@@ -210,7 +225,14 @@ impl Egl {
             ($lib:ident, $name:literal) => {
                 // SAFETY: the field's type is the function's prototype in
                 // the Khronos headers (EGL/egl.h, GLES2/gl2.h).
-                *unsafe { $lib.get(concat!($name, "\0").as_bytes()) }.map_err(|e| missing($name, e))?
+                *unsafe { $lib.get(concat!($name, "\0").as_bytes()) }.map_err(|e| {
+                    let library = if stringify!($lib) == "egl" {
+                        "libEGL.so.1"
+                    } else {
+                        "libGLESv2.so.2"
+                    };
+                    no_symbol(library, $name, e)
+                })?
             };
         }
         // SAFETY: as in `sym!`; a libEGL before 1.5 lacks it, and the
@@ -236,6 +258,8 @@ impl Egl {
             egl_destroy_context: sym!(egl, "eglDestroyContext"),
             egl_make_current: sym!(egl, "eglMakeCurrent"),
             egl_get_current_context: sym!(egl, "eglGetCurrentContext"),
+            egl_get_current_display: sym!(egl, "eglGetCurrentDisplay"),
+            egl_get_current_surface: sym!(egl, "eglGetCurrentSurface"),
             egl_release_thread: sym!(egl, "eglReleaseThread"),
             gl_get_error: sym!(gles, "glGetError"),
             gl_get_string: sym!(gles, "glGetString"),
@@ -336,12 +360,25 @@ fn gl_names(codes: &[GlEnum]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GlError {
-    /// `libEGL.so.1`, `libGLESv2.so.2` or one of their entry points is not
-    /// on this machine.
+    /// `libEGL.so.1` or `libGLESv2.so.2` cannot be opened (`dlopen`
+    /// failed): no GL on this machine.
     #[error("library missing: {0}")]
     LibraryMissing(String),
-    /// The libraries load, but no headless (surfaceless) display can be
-    /// had: no `EGL_MESA_platform_surfaceless`, or `eglInitialize` failed.
+    /// The library opened, but an entry point is not in it: a broken or
+    /// foreign install, not "no GL here".
+    #[error("{library} has no {name}: {detail}")]
+    SymbolMissing {
+        /// The library that lacks it.
+        library: &'static str,
+        /// The entry point.
+        name: &'static str,
+        /// What the dynamic loader said.
+        detail: String,
+    },
+    /// The libraries load, but EGL does not offer the headless platform:
+    /// `EGL_MESA_platform_surfaceless` is not a client extension here.
+    /// (A platform that is offered but fails, in `eglGetPlatformDisplay`
+    /// or `eglInitialize`, is a [`GlError::Egl`].)
     #[error("no surfaceless EGL display: {0}")]
     DisplayUnavailable(String),
     /// No config offers a pbuffer surface with OpenGL ES 2.
@@ -371,8 +408,10 @@ pub enum GlError {
 }
 
 impl GlError {
-    /// Whether the error means "no GL on this machine" (library missing,
-    /// or no surfaceless display): the case tests skip on.
+    /// Whether the error means "no GL on this machine": a library that
+    /// cannot be opened, or a surfaceless platform EGL does not offer. The
+    /// only cases tests skip on; a missing entry point or a failed
+    /// initialisation is a real failure.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, GlError::LibraryMissing(_) | GlError::DisplayUnavailable(_))
     }
@@ -397,7 +436,9 @@ impl Display {
     /// first hold.
     ///
     /// # Errors
-    /// [`GlError::LibraryMissing`] or [`GlError::DisplayUnavailable`].
+    /// [`Egl::load`]'s; [`GlError::DisplayUnavailable`] without the
+    /// surfaceless platform; [`GlError::Egl`] when getting or initialising
+    /// the display fails.
     pub fn open() -> Result<Display, GlError> {
         let egl = Egl::load()?;
         let mut state = egl.display.lock().unwrap_or_else(|e| e.into_inner());
@@ -407,8 +448,7 @@ impl Display {
             // SAFETY: a display from eglGetPlatformDisplay, valid out
             // pointers.
             let ok = unsafe { (egl.egl_initialize)(raw, &mut major, &mut minor) } != EGL_FALSE;
-            egl.egl_check("eglInitialize", ok)
-                .map_err(|e| GlError::DisplayUnavailable(e.to_string()))?;
+            egl.egl_check("eglInitialize", ok)?;
             state.raw = raw;
             state.version = (major, minor);
         }
@@ -499,9 +539,13 @@ fn surfaceless_display(egl: &Egl) -> Result<EglDisplay, GlError> {
         // SAFETY: a NUL-terminated name; EGL returns NULL if unknown.
         let f = unsafe { (egl.egl_get_proc_address)(c"eglGetPlatformDisplayEXT".as_ptr()) };
         if f.is_null() {
-            return Err(GlError::DisplayUnavailable(
-                "no eglGetPlatformDisplay(EXT)".into(),
-            ));
+            // The client extensions list the platform, so EGL_EXT_platform_base
+            // is there: its entry point missing is a broken libEGL.
+            return Err(GlError::SymbolMissing {
+                library: "libEGL.so.1",
+                name: "eglGetPlatformDisplayEXT",
+                detail: "eglGetProcAddress returned NULL".into(),
+            });
         }
         type GetExt = unsafe extern "C" fn(EglEnum, *mut c_void, *const EglInt) -> EglDisplay;
         // SAFETY: eglGetPlatformDisplayEXT has this prototype
@@ -517,8 +561,7 @@ fn surfaceless_display(egl: &Egl) -> Result<EglDisplay, GlError> {
         }
     };
     let got = !raw.is_null();
-    egl.egl_check("eglGetPlatformDisplay", got)
-        .map_err(|e| GlError::DisplayUnavailable(e.to_string()))?;
+    egl.egl_check("eglGetPlatformDisplay", got)?;
     Ok(raw)
 }
 
@@ -540,8 +583,15 @@ pub enum Teardown {
         name: GlUint,
         /// The thread that dropped it.
         thread: ThreadId,
-        /// Whether its context was current there (if not, nothing was
-        /// deleted: the name would have hit another context).
+        /// Whether its context was still alive on that thread. If not, the
+        /// texture died with its context (`eglDestroyContext` frees it)
+        /// and nothing was deleted: the name may belong to a newer context
+        /// now, even one at the same address.
+        context_alive: bool,
+        /// Whether its context was current for the delete (made current
+        /// for it if another context, or none, was, and the previous one
+        /// restored after). False if the context was gone or could not be
+        /// made current: then nothing was deleted.
         context_current: bool,
         /// `glIsTexture` just before the delete.
         was_texture: bool,
@@ -588,11 +638,29 @@ unsafe impl Send for RawHandles {}
 // SAFETY: as for Send.
 unsafe impl Sync for RawHandles {}
 
+/// The next [`GlContext`] generation id; 0 means "none".
+static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 thread_local! {
-    /// The context a [`GlContext`] last made current on this thread. Asking
-    /// EGL (`eglGetCurrentContext`) costs ~200 ns through libglvnd, fifty
-    /// times a `glGetError`, so the per-call check reads this instead.
-    static MADE_CURRENT: Cell<EglContext> = const { Cell::new(std::ptr::null_mut()) };
+    /// The id of the [`GlContext`] that last made itself current on this
+    /// thread (0: none). Asking EGL (`eglGetCurrentContext`) costs ~200 ns
+    /// through libglvnd, fifty times a `glGetError`, so the per-call check
+    /// reads this instead. An id, not an address: a new context may get a
+    /// dead one's address.
+    static MADE_CURRENT: Cell<u64> = const { Cell::new(0) };
+    /// The [`GlContext`]s alive on this thread, by id: registered at the
+    /// end of [`GlContext::open`], removed by its `Drop`. A [`Texture`]
+    /// looks its context up here to know whether it is still alive.
+    static LIVE_CONTEXTS: RefCell<HashMap<u64, RawHandles>> = RefCell::new(HashMap::new());
+}
+
+/// The handles of live context `id` on this thread, if it is alive (none
+/// too while the thread's locals are being torn down).
+fn live_context(id: u64) -> Option<RawHandles> {
+    LIVE_CONTEXTS
+        .try_with(|live| live.borrow().get(&id).copied())
+        .ok()
+        .flatten()
 }
 
 /// An OpenGL ES 2 context on Mesa's surfaceless display with a small
@@ -600,6 +668,8 @@ thread_local! {
 /// that thread; run it on a [`PinnedWorker`] ([`gl_worker`], [`gl_pool`]).
 #[derive(Debug)]
 pub struct GlContext {
+    /// This context's generation id, unique in the process.
+    id: u64,
     egl: &'static Egl,
     display: Option<Display>,
     surface: EglSurface,
@@ -622,6 +692,7 @@ impl GlContext {
         let d = display.raw;
         // Half-built contexts are torn down by Drop, which skips nulls.
         let mut ctx = GlContext {
+            id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
             egl,
             display: Some(display),
             surface: std::ptr::null_mut(),
@@ -668,7 +739,8 @@ impl GlContext {
         // SAFETY: our surface and context, current on no thread yet.
         let ok = unsafe { (egl.egl_make_current)(d, ctx.surface, ctx.surface, ctx.context) } != EGL_FALSE;
         egl.egl_check("eglMakeCurrent", ok)?;
-        MADE_CURRENT.with(|c| c.set(ctx.context));
+        MADE_CURRENT.with(|c| c.set(ctx.id));
+        LIVE_CONTEXTS.with(|live| live.borrow_mut().insert(ctx.id, ctx.raw()));
         let _ = egl.drain_gl_errors();
         Ok(ctx)
     }
@@ -701,7 +773,7 @@ impl GlContext {
     /// Makes sure the context is current on this thread (another
     /// `GlContext` opened on the same thread would have replaced it).
     fn current(&self, call: &'static str) -> Result<(), GlError> {
-        if MADE_CURRENT.with(Cell::get) == self.context {
+        if MADE_CURRENT.with(Cell::get) == self.id {
             return Ok(());
         }
         let d = self.raw().display;
@@ -712,7 +784,7 @@ impl GlContext {
         self.egl
             .egl_check("eglMakeCurrent", ok)
             .map_err(|_| GlError::NotCurrent(call))?;
-        MADE_CURRENT.with(|c| c.set(self.context));
+        MADE_CURRENT.with(|c| c.set(self.id));
         Ok(())
     }
 
@@ -818,10 +890,12 @@ impl Drop for GlContext {
     fn drop(&mut self) {
         let egl = self.egl;
         let d = self.raw().display;
-        // Forget it first: a later context may get the same address.
-        MADE_CURRENT.with(|c| {
-            if c.get() == self.context {
-                c.set(std::ptr::null_mut());
+        // Forget it first: its textures see it gone from here on (they
+        // died with it), and the cache no longer names it.
+        let _ = LIVE_CONTEXTS.try_with(|live| live.borrow_mut().remove(&self.id));
+        let _ = MADE_CURRENT.try_with(|c| {
+            if c.get() == self.id {
+                c.set(0);
             }
         });
         let mut released = false;
@@ -904,7 +978,8 @@ pub fn gl_pool(contexts: usize) -> Result<Pool<GlContext>, SpawnError<GlError>> 
 pub struct Texture {
     egl: &'static Egl,
     name: GlUint,
-    context: EglContext,
+    /// The id of the [`GlContext`] the name belongs to.
+    context: u64,
     log: Option<TeardownLog>,
     _not_send: PhantomData<*const ()>,
 }
@@ -925,7 +1000,7 @@ impl Texture {
         let tex = Texture {
             egl,
             name,
-            context: ctx.context,
+            context: ctx.id,
             log: ctx.teardown.clone(),
             _not_send: PhantomData,
         };
@@ -959,16 +1034,23 @@ impl Texture {
 impl Drop for Texture {
     fn drop(&mut self) {
         let egl = self.egl;
-        let context_current = egl.current_context() == self.context;
+        let live = live_context(self.context);
+        let mut context_current = false;
         let mut was_texture = false;
-        if context_current {
-            // SAFETY: our context is current here, so the name is ours;
-            // deleted once.
-            unsafe {
-                was_texture = (egl.gl_is_texture)(self.name) != 0;
-                (egl.gl_delete_textures)(1, &self.name);
+        // Context gone: the texture died with it (eglDestroyContext freed
+        // it), and its name may be a newer context's now: touch nothing.
+        if let Some(raw) = live {
+            if let Some(previous) = MakeCurrentFor::enter(egl, raw) {
+                context_current = true;
+                // SAFETY: our context (alive, by id) is current on this
+                // thread, so the name is ours; deleted once.
+                unsafe {
+                    was_texture = (egl.gl_is_texture)(self.name) != 0;
+                    (egl.gl_delete_textures)(1, &self.name);
+                }
+                let _ = egl.drain_gl_errors();
+                previous.restore();
             }
-            let _ = egl.drain_gl_errors();
         }
         if let Some(log) = &self.log {
             log.lock()
@@ -976,10 +1058,86 @@ impl Drop for Texture {
                 .push(Teardown::Texture {
                     name: self.name,
                     thread: thread::current().id(),
+                    context_alive: live.is_some(),
                     context_current,
                     was_texture,
                 });
         }
+    }
+}
+
+/// What was current on this thread before a live context was made current
+/// for one call (a texture's delete), to put back after.
+struct MakeCurrentFor {
+    egl: &'static Egl,
+    /// Our context's handles (for releasing when nothing was current).
+    ours: RawHandles,
+    /// None: ours was already current, nothing to restore.
+    previous: Option<(EglDisplay, EglSurface, EglSurface, EglContext)>,
+    cached: u64,
+}
+
+impl MakeCurrentFor {
+    /// Makes `ours` (a live context of this thread) current here; `None`
+    /// if EGL refuses (e.g. raw code made it current on another thread).
+    fn enter(egl: &'static Egl, ours: RawHandles) -> Option<MakeCurrentFor> {
+        let cached = MADE_CURRENT.try_with(Cell::get).unwrap_or(0);
+        let current = egl.current_context();
+        if current == ours.context {
+            // A live context's address is its own: no other has it now.
+            return Some(MakeCurrentFor {
+                egl,
+                ours,
+                previous: None,
+                cached,
+            });
+        }
+        // SAFETY: these read this thread's EGL state only.
+        let previous = unsafe {
+            (
+                (egl.egl_get_current_display)(),
+                (egl.egl_get_current_surface)(EGL_DRAW),
+                (egl.egl_get_current_surface)(EGL_READ),
+                current,
+            )
+        };
+        // SAFETY: a live context with its own surface, on its own thread's
+        // registry; EGL refuses (EGL_BAD_ACCESS) if another thread has it
+        // current, which the check reports.
+        let ok = unsafe { (egl.egl_make_current)(ours.display, ours.surface, ours.surface, ours.context) }
+            != EGL_FALSE;
+        egl.egl_check("eglMakeCurrent", ok).ok()?;
+        Some(MakeCurrentFor {
+            egl,
+            ours,
+            previous: Some(previous),
+            cached,
+        })
+    }
+
+    /// Puts back what was current before [`enter`](Self::enter).
+    fn restore(self) {
+        let egl = self.egl;
+        let Some((display, draw, read, context)) = self.previous else {
+            return;
+        };
+        // SAFETY: what was current on this thread a moment ago (it was
+        // current here, so no other thread can have taken it), or
+        // EGL_NO_CONTEXT on our display, which releases ours.
+        let ok = unsafe {
+            if context.is_null() {
+                let none = std::ptr::null_mut();
+                (egl.egl_make_current)(self.ours.display, none, none, none)
+            } else {
+                (egl.egl_make_current)(display, draw, read, context)
+            }
+        } != EGL_FALSE;
+        let restored = egl.egl_check("eglMakeCurrent", ok).is_ok();
+        // The cache names what is current now: the previous state, or ours
+        // still if EGL would not switch back (ours' id is not known here:
+        // 0 makes the next call ask EGL again).
+        let cached = if restored { self.cached } else { 0 };
+        let _ = MADE_CURRENT.try_with(|c| c.set(cached));
     }
 }
 

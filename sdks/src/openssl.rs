@@ -11,7 +11,9 @@
 //! stay on that thread as [`Bound`] handles and are freed there.
 //!
 //! `libcrypto.so.3` is opened at run time ([`Libcrypto::load`]), so this
-//! builds on a machine without OpenSSL, and the tests say `SKIPPED` there.
+//! builds on a machine without OpenSSL, and the tests say `SKIPPED` there
+//! ([`LoadError::LibraryMissing`]); a libcrypto that opens but lacks an
+//! entry point is a hard [`LoadError::SymbolMissing`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -99,30 +101,96 @@ impl std::fmt::Debug for Libcrypto {
     }
 }
 
+/// Why [`Libcrypto::load`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The library file cannot be opened (`dlopen` failed): no OpenSSL 3
+    /// on this machine. The one case tests skip on.
+    #[error("{path} cannot be opened: {detail}")]
+    LibraryMissing {
+        /// The name or path given.
+        path: String,
+        /// What the dynamic loader said.
+        detail: String,
+    },
+    /// The library opened but an entry point is not in it: not the
+    /// libcrypto 3 it claims to be, or a broken install. A hard error.
+    #[error("{path} has no {name}: {detail}")]
+    SymbolMissing {
+        /// The name or path given.
+        path: String,
+        /// The entry point.
+        name: &'static str,
+        /// What the dynamic loader said.
+        detail: String,
+    },
+}
+
+impl LoadError {
+    /// Whether this means "no OpenSSL 3 on this machine" (the library
+    /// cannot be opened): the only case a test may skip on.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, LoadError::LibraryMissing { .. })
+    }
+}
+
 impl Libcrypto {
-    /// Opens `libcrypto.so.3` and resolves the entry points.
+    /// Opens the system's `libcrypto.so.3` (by soname, through the dynamic
+    /// loader's search path) and resolves the entry points.
     ///
     /// # Errors
-    /// A message saying what is missing (no OpenSSL 3 on this machine, or
-    /// an entry point this build lacks).
-    pub fn load() -> Result<Libcrypto, String> {
-        Libcrypto::load_from("libcrypto.so.3")
+    /// [`LoadError::LibraryMissing`] when no `libcrypto.so.3` can be
+    /// opened; [`LoadError::SymbolMissing`] when it lacks an entry point.
+    pub fn load() -> Result<Libcrypto, LoadError> {
+        // SAFETY: `libcrypto.so.3` is the soname OpenSSL 3 installs its
+        // libcrypto under (the 3 is its ABI version: OpenSSL 1.1 is
+        // libcrypto.so.1.1), found on the system's library path, so the
+        // library opened is OpenSSL 3's libcrypto and its symbols have the
+        // prototypes `load_from` casts them to.
+        unsafe { Libcrypto::load_from("libcrypto.so.3") }
     }
 
     /// Like [`load`](Self::load) from a given path.
     ///
+    /// # Safety
+    /// `path` must name a genuine OpenSSL 3 libcrypto (or a library whose
+    /// exports of these names have OpenSSL 3's prototypes and behaviour):
+    /// its initialisers run on load, and every safe method of the returned
+    /// `Libcrypto` calls its symbols as OpenSSL 3's, trusting what they
+    /// return (e.g. `ERR_reason_error_string`'s string). Any other library
+    /// exporting the same names makes those safe calls undefined behaviour.
+    ///
     /// # Errors
     /// As [`load`](Self::load).
-    pub fn load_from(path: impl AsRef<std::ffi::OsStr>) -> Result<Libcrypto, String> {
-        // SAFETY: loading libcrypto runs its initialisers, which are sound
-        // to run in any process; the Library lives in `Libcrypto` as long
-        // as the function pointers taken from it.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
+    ///
+    /// Calling it from safe code does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// let _ = pinned_ffi_sdks::openssl::Libcrypto::load_from("libcrypto.so.3");
+    /// ```
+    pub unsafe fn load_from(path: impl AsRef<std::ffi::OsStr>) -> Result<Libcrypto, LoadError> {
+        let shown = path.as_ref().to_string_lossy().into_owned();
+        // SAFETY: the caller promises a genuine libcrypto 3, whose
+        // initialisers are sound to run in any process; the Library lives
+        // in `Libcrypto` as long as the function pointers taken from it.
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::LibraryMissing {
+            path: shown.clone(),
+            detail: e.to_string(),
+        })?;
         macro_rules! sym {
             ($name:literal) => {
-                // SAFETY: the type matches OpenSSL 3's prototype for this
-                // symbol (err.h, bio.h, pem.h, x509.h, evp.h).
-                *unsafe { lib.get(concat!($name, "\0").as_bytes()) }.map_err(|e| format!("{}: {e}", $name))?
+                // SAFETY: the library is OpenSSL 3's libcrypto (the
+                // caller's promise), and the type matches OpenSSL 3's
+                // prototype for this symbol (err.h, bio.h, pem.h, x509.h,
+                // evp.h).
+                *unsafe { lib.get(concat!($name, "\0").as_bytes()) }.map_err(|e| {
+                    LoadError::SymbolMissing {
+                        path: shown.clone(),
+                        name: $name,
+                        detail: e.to_string(),
+                    }
+                })?
             };
         }
         Ok(Libcrypto {

@@ -453,6 +453,7 @@ fn bound_texture_dropped_elsewhere_is_deleted_on_the_owner() {
         vec![Teardown::Texture {
             name,
             thread: owner,
+            context_alive: true,
             context_current: true,
             was_texture: true,
         }]
@@ -491,6 +492,7 @@ fn shutdown_frees_textures_then_releases_and_destroys_the_context() {
             Teardown::Texture {
                 name,
                 thread,
+                context_alive: true,
                 context_current: true,
                 was_texture: true,
             } if *thread == owner => *name,
