@@ -271,6 +271,8 @@ struct Scanner<'a> {
     /// (crate key, file): a file shared by two targets (`tests/common`)
     /// is read once per target, and a `#[path]` cycle ends.
     loaded: HashSet<(String, PathBuf)>,
+    /// Files already reported for nesting past [`MAX_DEPTH`].
+    too_deep: HashSet<usize>,
 }
 
 /// Scans every audited target of `package`.
@@ -282,6 +284,7 @@ pub(crate) fn scan_package(package: &Package, include_tests: bool, problems: &mu
         units: Vec::new(),
         fields: HashMap::new(),
         loaded: HashSet::new(),
+        too_deep: HashSet::new(),
     };
     let lib_name = package
         .targets
@@ -332,6 +335,34 @@ pub(crate) fn scan_package(package: &Package, include_tests: bool, problems: &mu
     s.graph
 }
 
+/// How deep brackets may nest in a file, and expressions in a body, before
+/// the audit gives up on the file (and reports it) rather than risk its stack.
+pub(crate) const MAX_DEPTH: usize = 2048;
+
+/// The first place where `( [ {` nest deeper than [`MAX_DEPTH`]: (depth,
+/// line, column). Lexing does not recurse; parsing would.
+fn too_deep(text: &str) -> Option<(usize, usize, usize)> {
+    use proc_macro2::{TokenStream, TokenTree};
+    let tokens: TokenStream = text.parse().ok()?;
+    let mut stack = vec![tokens.into_iter()];
+    while let Some(top) = stack.last_mut() {
+        match top.next() {
+            Some(TokenTree::Group(g)) => {
+                if stack.len() >= MAX_DEPTH {
+                    let (line, col) = line_col(g.span_open());
+                    return Some((stack.len() + 1, line, col));
+                }
+                stack.push(g.stream().into_iter());
+            }
+            Some(_) => {}
+            None => {
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
 fn line_col(span: Span) -> (usize, usize) {
     let lc = span.start();
     (lc.line, lc.column + 1)
@@ -359,13 +390,24 @@ fn is_test_attr(attr: &Attribute) -> bool {
         return true;
     }
     if attr.path().is_ident("cfg") {
-        if let syn::Meta::List(list) = &attr.meta {
-            let text = list.tokens.to_string();
-            let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric() && c != '_').collect();
-            return words.contains(&"test") && !words.contains(&"not");
+        if let Ok(pred) = attr.parse_args::<syn::Meta>() {
+            return cfg_requires_test(&pred);
         }
     }
     false
+}
+
+/// Whether a `cfg` predicate holds only under `cfg(test)`: `test` itself,
+/// or an `all(..)` with such a conjunct. `any(test, ..)`, `not(..)` and
+/// features named like tests (`feature = "test-util"`) are production code.
+fn cfg_requires_test(pred: &syn::Meta) -> bool {
+    match pred {
+        syn::Meta::Path(p) => p.is_ident("test"),
+        syn::Meta::List(list) if list.path.is_ident("all") => list
+            .parse_args_with(Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated)
+            .is_ok_and(|items| items.iter().any(cfg_requires_test)),
+        _ => false,
+    }
 }
 
 fn is_test_item(attrs: &[Attribute]) -> bool {
@@ -635,8 +677,20 @@ impl Scanner<'_> {
                 return;
             }
         };
-        let parsed = syn::parse_file(&text);
         let info = scan_comments(&text, path, self.problems);
+        if let Some((depth, line, column)) = too_deep(&text) {
+            self.problems.push(Problem {
+                file: Some(path.to_path_buf()),
+                line: Some(line),
+                column: Some(column),
+                message: format!(
+                    "brackets nest {depth} levels deep here, more than the audit's limit of {MAX_DEPTH}; \
+                     the file was skipped, so nothing in it was checked"
+                ),
+            });
+            return;
+        }
+        let parsed = syn::parse_file(&text);
         let file = match parsed {
             Ok(f) => f,
             Err(e) => {
@@ -915,6 +969,7 @@ impl Scanner<'_> {
             on_owner: false,
             stmt_line: line,
             locals,
+            depth: 0,
         };
         v.visit_block(block);
     }
@@ -968,6 +1023,8 @@ struct BodyVisitor<'s, 'a, 'u> {
     on_owner: bool,
     stmt_line: usize,
     locals: HashMap<String, String>,
+    /// How deep the visit is in expressions; see [`MAX_DEPTH`].
+    depth: usize,
 }
 
 fn strip(mut e: &Expr) -> &Expr {
@@ -1396,6 +1453,28 @@ impl BodyVisitor<'_, '_, '_> {
 }
 
 impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
+    fn visit_expr(&mut self, e: &'ast Expr) {
+        if self.depth >= MAX_DEPTH {
+            let file = self.unit.ctx.file;
+            if self.s.too_deep.insert(file) {
+                let (line, column) = line_col(e.span());
+                self.s.problems.push(Problem {
+                    file: Some(self.s.graph.files[file].path.clone()),
+                    line: Some(line),
+                    column: Some(column),
+                    message: format!(
+                        "expressions nest more than {MAX_DEPTH} levels deep here; the audit did not \
+                         look inside, so this part of the file was not checked"
+                    ),
+                });
+            }
+            return;
+        }
+        self.depth += 1;
+        visit::visit_expr(self, e);
+        self.depth -= 1;
+    }
+
     fn visit_item(&mut self, item: &'ast Item) {
         // Nested items are scanned as functions of their own.
         let unit = self.unit;

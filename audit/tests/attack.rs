@@ -54,7 +54,11 @@ fn found(v: &serde_json::Value) -> Vec<String> {
         .map(|f| {
             let l = &f["location"];
             let file = l["file"].as_str().unwrap().replace('\\', "/");
-            let file = file.rsplit_once("/src/").map(|x| x.1).unwrap_or(&file).to_string();
+            let file = file
+                .rsplit_once("/src/")
+                .map(|x| x.1)
+                .unwrap_or(&file)
+                .to_string();
             let chain: Vec<&str> = f["chain"]
                 .as_array()
                 .unwrap()
@@ -106,7 +110,17 @@ fn holds_reach_through_self_renames_mod_files_path_attr_impls_elsewhere_cycles()
 fn holds_handler_styles_and_spawned_fn_paths() {
     let (code, v) = json("attack_entries");
     assert_eq!(code, Some(1));
-    for line in ["main.rs:6", "main.rs:12", "main.rs:24", "main.rs:28", "main.rs:33", "main.rs:42", "main.rs:46", "main.rs:50", "main.rs:55"] {
+    for line in [
+        "main.rs:6",
+        "main.rs:12",
+        "main.rs:24",
+        "main.rs:28",
+        "main.rs:33",
+        "main.rs:42",
+        "main.rs:46",
+        "main.rs:50",
+        "main.rs:55",
+    ] {
         assert!(has_at(&v, line), "missing {line}: {:#?}", found(&v));
     }
 }
@@ -128,7 +142,15 @@ fn holds_async_context_rules_and_good_code_stays_clean() {
     // an unrelated `run`, on-owner affine call, awaited ticket, sync run).
     assert_eq!(
         lines,
-        ["lib.rs:19:9", "lib.rs:25:28", "lib.rs:30:20", "lib.rs:36:7", "lib.rs:42:18", "lib.rs:49:5", "lib.rs:64:19"],
+        [
+            "lib.rs:19:9",
+            "lib.rs:25:28",
+            "lib.rs:30:20",
+            "lib.rs:36:7",
+            "lib.rs:42:18",
+            "lib.rs:49:5",
+            "lib.rs:64:19"
+        ],
         "{f:#?}"
     );
 }
@@ -158,7 +180,15 @@ fn holds_columns_with_unicode_tabs_crlf_and_odd_syntax() {
     let lines: Vec<&str> = f.iter().map(|s| s.split(' ').next().unwrap()).collect();
     assert_eq!(
         lines,
-        ["crlf.rs:2:13", "lib.rs:16:32", "lib.rs:19:10", "lib.rs:25:29", "lib.rs:33:27", "lib.rs:40:18", "lib.rs:43:13"],
+        [
+            "crlf.rs:2:13",
+            "lib.rs:16:32",
+            "lib.rs:19:10",
+            "lib.rs:25:29",
+            "lib.rs:33:27",
+            "lib.rs:40:18",
+            "lib.rs:43:13"
+        ],
         "{f:#?}"
     );
     assert_eq!(v["problems"].as_array().unwrap().len(), 0);
@@ -173,7 +203,12 @@ fn holds_missing_and_non_utf8_module_files_are_problems_with_status_2() {
     assert_eq!(code, Some(2));
     assert_eq!(v["problems"].as_array().unwrap().len(), 1);
     assert_eq!(v["findings"].as_array().unwrap().len(), 1);
-    for args in [&["-p", "nope"][..], &["--format", "xml"], &["--bogus"], &["--config", "/nonexistent.toml"]] {
+    for args in [
+        &["-p", "nope"][..],
+        &["--format", "xml"],
+        &["--bogus"],
+        &["--config", "/nonexistent.toml"],
+    ] {
         assert_eq!(audit("attack_nonutf8", args).code, Some(2), "{args:?}");
     }
 }
@@ -256,7 +291,11 @@ fn async_block_stored_in_a_variable_and_spawned_is_an_entry() {
 #[test]
 fn handler_closure_stored_in_a_variable_is_an_entry() {
     let (_, v) = json("attack_entries");
-    assert!(has_at(&v, "main.rs:19"), "by_closure_var not reported: {:#?}", found(&v));
+    assert!(
+        has_at(&v, "main.rs:19"),
+        "by_closure_var not reported: {:#?}",
+        found(&v)
+    );
 }
 
 /// A trait's default method called on a value of a known concrete type
@@ -274,7 +313,11 @@ fn trait_default_method_on_a_known_type_is_followed() {
 #[test]
 fn self_path_to_a_configured_constructor_is_reported() {
     let (_, v) = json("attack_config");
-    assert!(has_at(&v, "lib.rs:47"), "Self::create not reported: {:#?}", found(&v));
+    assert!(
+        has_at(&v, "lib.rs:47"),
+        "Self::create not reported: {:#?}",
+        found(&v)
+    );
 }
 
 /// `use crate::ffi::*; init();` — a glob-imported thread-affine function is
@@ -292,7 +335,11 @@ fn glob_imported_thread_affine_call_is_reported() {
 fn cfg_mentioning_test_in_a_feature_is_still_audited() {
     let (code, v) = json("attack_cfg");
     assert_eq!(code, Some(1), "{:#?}", found(&v));
-    assert!(has_at(&v, "lib.rs:6") && has_at(&v, "lib.rs:12"), "{:#?}", found(&v));
+    assert!(
+        has_at(&v, "lib.rs:6") && has_at(&v, "lib.rs:12"),
+        "{:#?}",
+        found(&v)
+    );
     assert!(!has_at(&v, "lib.rs:19"), "cfg(test) stays skipped");
 }
 
@@ -303,7 +350,11 @@ fn cfg_mentioning_test_in_a_feature_is_still_audited() {
 fn json_output_is_an_object_even_on_a_configuration_error() {
     let run = audit("attack_bad_config_json", &["--format", "json"]);
     assert_eq!(run.code, Some(2));
-    let v: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}; stderr {}", run.stdout, run.stderr));
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {:?}; stderr {}",
+            run.stdout, run.stderr
+        )
+    });
     assert!(!v["problems"].as_array().unwrap().is_empty());
 }
