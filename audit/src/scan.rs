@@ -970,6 +970,7 @@ impl Scanner<'_> {
             stmt_line: line,
             locals,
             depth: 0,
+            local_bodies: HashMap::new(),
         };
         v.visit_block(block);
     }
@@ -1025,6 +1026,10 @@ struct BodyVisitor<'s, 'a, 'u> {
     locals: HashMap<String, String>,
     /// How deep the visit is in expressions; see [`MAX_DEPTH`].
     depth: usize,
+    /// Locals bound to a closure or async block in this body
+    /// (`let task = async move { .. };`): spawned or registered by name,
+    /// they become entry points like the literal would.
+    local_bodies: HashMap<String, Expr>,
 }
 
 fn strip(mut e: &Expr) -> &Expr {
@@ -1368,6 +1373,19 @@ impl BodyVisitor<'_, '_, '_> {
         }
     }
 
+    /// The closure or async block an argument is, directly or through a
+    /// local bound to one in this body.
+    fn body_arg(&self, a: &Expr) -> Option<Expr> {
+        match strip(a) {
+            e @ (Expr::Closure(_) | Expr::Async(_)) => Some(e.clone()),
+            Expr::Path(p) if p.path.segments.len() == 1 && p.qself.is_none() => self
+                .local_bodies
+                .get(&p.path.segments[0].ident.to_string())
+                .cloned(),
+            _ => None,
+        }
+    }
+
     /// Registers handlers found in a router call's arguments.
     fn route_args(&mut self, e: &Expr) {
         match e {
@@ -1407,6 +1425,15 @@ impl BodyVisitor<'_, '_, '_> {
     }
 
     fn handler_arg(&mut self, h: &Expr, how: &str) {
+        if let Some(body @ Expr::Closure(_)) = self.body_arg(h) {
+            self.closure_node(
+                &body,
+                EntryKind::ClosureHandler(how.to_string()),
+                "closure handler",
+                false,
+            );
+            return;
+        }
         match strip(h) {
             Expr::Path(p) => {
                 let segs = path_segs(&p.path);
@@ -1502,6 +1529,13 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
             .unwrap_or_default();
             for id in &ids {
                 self.locals.insert(id.clone(), ty.clone());
+                self.local_bodies.remove(id);
+            }
+            if let (Pat::Ident(pi), Some(init)) = (&local.pat, &local.init) {
+                let e = strip(&init.expr);
+                if matches!(e, Expr::Closure(_) | Expr::Async(_)) {
+                    self.local_bodies.insert(pi.ident.to_string(), e.clone());
+                }
             }
         }
         visit::visit_stmt(self, stmt);
@@ -1562,16 +1596,10 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
         self.path_call(&p.path, c.func.span(), CallKind::PathCall);
         if let Some(spawner) = Self::task_spawner(&expanded) {
             for a in &c.args {
-                let a_stripped = strip(a);
-                if matches!(a_stripped, Expr::Closure(_) | Expr::Async(_)) {
+                if let Some(body) = self.body_arg(a) {
                     let blocking = spawner == "spawn_blocking";
                     let what = format!("closure passed to {spawner}");
-                    self.closure_node(
-                        a_stripped,
-                        EntryKind::Spawned(spawner.to_string()),
-                        &what,
-                        !blocking,
-                    );
+                    self.closure_node(&body, EntryKind::Spawned(spawner.to_string()), &what, !blocking);
                 } else {
                     self.visit_expr(a);
                 }
@@ -1650,22 +1678,20 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
         }
         if let Some(spawner) = match name.as_str() {
             "spawn_blocking" => Some("spawn_blocking"),
-            "spawn" | "spawn_local" if m.args.iter().any(|a| matches!(strip(a), Expr::Async(_))) => {
+            "spawn" | "spawn_local"
+                if m.args
+                    .iter()
+                    .any(|a| matches!(self.body_arg(a), Some(Expr::Async(_)))) =>
+            {
                 Some(".spawn")
             }
             _ => None,
         } {
             for a in &m.args {
-                let a_stripped = strip(a);
-                if matches!(a_stripped, Expr::Closure(_) | Expr::Async(_)) {
+                if let Some(body) = self.body_arg(a) {
                     let what = format!("closure passed to {spawner}");
                     let blocking = spawner == "spawn_blocking";
-                    self.closure_node(
-                        a_stripped,
-                        EntryKind::Spawned(spawner.to_string()),
-                        &what,
-                        !blocking,
-                    );
+                    self.closure_node(&body, EntryKind::Spawned(spawner.to_string()), &what, !blocking);
                 } else {
                     self.visit_expr(a);
                 }
