@@ -273,6 +273,9 @@ struct Scanner<'a> {
     loaded: HashSet<(String, PathBuf)>,
     /// Files already reported for nesting past [`MAX_DEPTH`].
     too_deep: HashSet<usize>,
+    /// The path of the `impl` being scanned, as written (`sdk::Context`):
+    /// what `Self::` stands for in configured paths.
+    impl_path: Option<Vec<String>>,
 }
 
 /// Scans every audited target of `package`.
@@ -285,6 +288,7 @@ pub(crate) fn scan_package(package: &Package, include_tests: bool, problems: &mu
         fields: HashMap::new(),
         loaded: HashSet::new(),
         too_deep: HashSet::new(),
+        impl_path: None,
     };
     let lib_name = package
         .targets
@@ -820,7 +824,9 @@ impl Scanner<'_> {
             Item::Fn(f) => {
                 let mut allows = base_allows;
                 allows.extend(info.item_allows(f.span().start().line, f.sig.ident.span().start().line));
+                let saved_impl = self.impl_path.take();
                 self.scan_fn(unit, &f.attrs, &f.sig, &f.block, None, allows);
+                self.impl_path = saved_impl;
             }
             Item::Impl(imp) => {
                 let Some(self_ty) = type_name(&imp.self_ty) else {
@@ -828,6 +834,11 @@ impl Scanner<'_> {
                 };
                 let mut allows = base_allows;
                 allows.extend(info.item_allows(imp.span().start().line, imp.self_ty.span().start().line));
+                let impl_path = match &*imp.self_ty {
+                    Type::Path(p) if p.qself.is_none() => Some(path_segs(&p.path)),
+                    _ => None,
+                };
+                let saved_impl = std::mem::replace(&mut self.impl_path, impl_path);
                 for it in &imp.items {
                     if let ImplItem::Fn(f) = it {
                         if !self.include_tests && is_test_item(&f.attrs) {
@@ -839,9 +850,11 @@ impl Scanner<'_> {
                         self.scan_fn(unit, &f.attrs, &f.sig, &f.block, Some(&self_ty), a);
                     }
                 }
+                self.impl_path = saved_impl;
             }
             Item::Trait(t) => {
                 let name = t.ident.to_string();
+                let saved_impl = self.impl_path.take();
                 let mut allows = base_allows;
                 allows.extend(info.item_allows(t.span().start().line, t.ident.span().start().line));
                 for it in &t.items {
@@ -856,6 +869,7 @@ impl Scanner<'_> {
                         }
                     }
                 }
+                self.impl_path = saved_impl;
             }
             Item::ForeignMod(fm) => {
                 let block_marked = info.marked_affine(fm.span().start().line, fm.abi.span().start().line);
@@ -958,6 +972,7 @@ impl Scanner<'_> {
                 .or_default()
                 .push(id);
         }
+        let impl_path = self.impl_path.clone();
         let mut v = BodyVisitor {
             s: self,
             unit,
@@ -971,6 +986,7 @@ impl Scanner<'_> {
             locals,
             depth: 0,
             local_bodies: HashMap::new(),
+            impl_path,
         };
         v.visit_block(block);
     }
@@ -1030,6 +1046,8 @@ struct BodyVisitor<'s, 'a, 'u> {
     /// (`let task = async move { .. };`): spawned or registered by name,
     /// they become entry points like the literal would.
     local_bodies: HashMap<String, Expr>,
+    /// The enclosing `impl`'s type path as written, for `Self::`.
+    impl_path: Option<Vec<String>>,
 }
 
 fn strip(mut e: &Expr) -> &Expr {
@@ -1171,7 +1189,15 @@ impl BodyVisitor<'_, '_, '_> {
         }
         let (line, col) = line_col(span);
         let callee = self.callee_for_path(&segs);
-        let expanded = self.expand(&segs).join("::");
+        let expanded = match (&self.impl_path, segs.len() > 1 && segs[0] == "Self") {
+            (Some(ty), true) => {
+                let mut full = ty.clone();
+                full.extend_from_slice(&segs[1..]);
+                self.expand(&full)
+            }
+            _ => self.expand(&segs),
+        }
+        .join("::");
         self.push_call(Call {
             callee,
             kind,
