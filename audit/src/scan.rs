@@ -276,6 +276,9 @@ struct Scanner<'a> {
     /// The path of the `impl` being scanned, as written (`sdk::Context`):
     /// what `Self::` stands for in configured paths.
     impl_path: Option<Vec<String>>,
+    /// Module path (`::`-joined, crate key first) → names of the items
+    /// defined in it: what a glob import of the module brings in.
+    module_items: HashMap<String, HashSet<String>>,
 }
 
 /// Scans every audited target of `package`.
@@ -289,6 +292,7 @@ pub(crate) fn scan_package(package: &Package, include_tests: bool, problems: &mu
         loaded: HashSet::new(),
         too_deep: HashSet::new(),
         impl_path: None,
+        module_items: HashMap::new(),
     };
     let lib_name = package
         .targets
@@ -720,6 +724,28 @@ impl Scanner<'_> {
     }
 
     fn add_unit(&mut self, ctx: ModCtx, items: Vec<Item>) {
+        let defined = self.module_items.entry(ctx.path.join("::")).or_default();
+        for item in &items {
+            let ident = match item {
+                Item::Fn(i) => &i.sig.ident,
+                Item::Struct(i) => &i.ident,
+                Item::Enum(i) => &i.ident,
+                Item::Const(i) => &i.ident,
+                Item::Static(i) => &i.ident,
+                Item::Mod(i) => &i.ident,
+                Item::Macro(syn::ItemMacro { ident: Some(i), .. }) => i,
+                Item::ForeignMod(fm) => {
+                    for f in &fm.items {
+                        if let syn::ForeignItem::Fn(f) = f {
+                            defined.insert(f.sig.ident.to_string());
+                        }
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            defined.insert(ident.to_string());
+        }
         let mut uses = UseMap::default();
         let mut kept = Vec::new();
         for item in items {
@@ -1195,7 +1221,7 @@ impl BodyVisitor<'_, '_, '_> {
                 full.extend_from_slice(&segs[1..]);
                 self.expand(&full)
             }
-            _ => self.expand(&segs),
+            _ => self.glob_expand(&segs).unwrap_or_else(|| self.expand(&segs)),
         }
         .join("::");
         self.push_call(Call {
@@ -1396,6 +1422,61 @@ impl BodyVisitor<'_, '_, '_> {
                     }
                 }
             }
+        }
+    }
+
+    /// A bare name that no `use`, local or item of this module explains,
+    /// read through a glob import: the crate module the glob names when it
+    /// defines the name, else the one glob that leads out of the crate.
+    fn glob_expand(&self, segs: &[String]) -> Option<Vec<String>> {
+        let [name] = segs else { return None };
+        let module = &self.unit.ctx.path;
+        let defines = |m: &[String]| {
+            self.s
+                .module_items
+                .get(&m.join("::"))
+                .map(|items| items.contains(name))
+        };
+        if self.uses.globs.is_empty()
+            || self.uses.names.contains_key(name)
+            || self.locals.contains_key(name)
+            || defines(module) == Some(true)
+        {
+            return None;
+        }
+        let mut outside = Vec::new();
+        for g in &self.uses.globs {
+            let mut rel = module.clone();
+            rel.extend_from_slice(g);
+            let mut root = vec![module[0].clone()];
+            root.extend_from_slice(g);
+            let tries: Vec<Vec<String>> = match self.normalize(g) {
+                Some(abs) => vec![abs],
+                None => vec![rel, root],
+            };
+            let mut in_crate = false;
+            for t in &tries {
+                match defines(t) {
+                    Some(true) => {
+                        let mut full = g.clone();
+                        full.push(name.clone());
+                        return Some(self.expand(&full));
+                    }
+                    Some(false) => in_crate = true,
+                    None => {}
+                }
+            }
+            if !in_crate {
+                outside.push(g);
+            }
+        }
+        match outside.as_slice() {
+            [g] => {
+                let mut full = (*g).clone();
+                full.push(name.clone());
+                Some(self.expand(&full))
+            }
+            _ => None,
         }
     }
 
