@@ -201,6 +201,9 @@ pub(crate) struct Graph {
     pub by_name: HashMap<String, Vec<usize>>,
     /// Qualified paths of `extern` functions marked thread-affine.
     pub marked_affine: HashSet<String>,
+    /// Type name → the traits it implements (`impl Trait for Type`), whose
+    /// default methods it then has.
+    pub trait_impls: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Default)]
@@ -864,6 +867,15 @@ impl Scanner<'_> {
                     Type::Path(p) if p.qself.is_none() => Some(path_segs(&p.path)),
                     _ => None,
                 };
+                if let Some((_, tr, _)) = &imp.trait_ {
+                    if let Some(last) = tr.segments.last() {
+                        let traits = self.graph.trait_impls.entry(self_ty.clone()).or_default();
+                        let tr = last.ident.to_string();
+                        if !traits.contains(&tr) {
+                            traits.push(tr);
+                        }
+                    }
+                }
                 let saved_impl = std::mem::replace(&mut self.impl_path, impl_path);
                 for it in &imp.items {
                     if let ImplItem::Fn(f) = it {
@@ -1316,7 +1328,12 @@ impl BodyVisitor<'_, '_, '_> {
             Expr::Path(p) => {
                 let segs = path_segs(&p.path);
                 if segs.len() == 1 {
-                    self.locals.get(&segs[0]).filter(|t| !t.is_empty()).cloned()
+                    match self.locals.get(&segs[0]) {
+                        Some(t) => Some(t.clone()).filter(|t| !t.is_empty()),
+                        // A unit struct's value: `let s = Svc;`.
+                        None if segs[0] == "Self" => self.self_ty.clone(),
+                        None => is_ident_start_upper(&segs[0]).then(|| segs[0].clone()),
+                    }
                 } else {
                     None
                 }
