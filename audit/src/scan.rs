@@ -1858,6 +1858,33 @@ mod tests {
     }
 
     #[test]
+    fn only_cfg_test_and_all_test_are_test_only() {
+        let test_only = |src: &str| {
+            let f: syn::File = syn::parse_str(&format!("{src} fn f() {{}}")).unwrap();
+            let syn::Item::Fn(f) = &f.items[0] else {
+                unreachable!()
+            };
+            super::is_test_item(&f.attrs)
+        };
+        assert!(test_only("#[cfg(test)]"));
+        assert!(test_only("#[cfg(all(unix, test))]"));
+        assert!(test_only("#[test]"));
+        assert!(!test_only("#[cfg(any(test, feature = \"mock\"))]"));
+        assert!(!test_only("#[cfg(feature = \"test-util\")]"));
+        assert!(!test_only("#[cfg(not(test))]"));
+        assert!(!test_only("#[cfg(all(not(test), unix))]"));
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_found_without_recursion() {
+        let n = super::MAX_DEPTH + 10;
+        let src = format!("fn f() {{ let _ = {}1{}; }}", "(".repeat(n), ")".repeat(n));
+        let (depth, line, _) = super::too_deep(&src).expect("too deep");
+        assert_eq!((depth, line), (super::MAX_DEPTH + 1, 1));
+        assert!(super::too_deep("fn f() { ((1)); }").is_none());
+    }
+
+    #[test]
     fn offsets_are_bytes_in_the_line() {
         assert_eq!(line_comments("x\n  // c"), [(2, 2)]);
     }
