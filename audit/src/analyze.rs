@@ -46,14 +46,27 @@ struct Ctx<'g> {
     reached: Vec<[bool; 2]>,
 }
 
+/// The methods `name` of type `ty`: its own, else the default methods of
+/// the traits it implements.
+fn methods_of(g: &Graph, ty: &str, name: &str) -> Option<Vec<usize>> {
+    if let Some(ids) = g.methods.get(&(ty.to_string(), name.to_string())) {
+        return Some(ids.clone());
+    }
+    let ids: Vec<usize> = g
+        .trait_impls
+        .get(ty)?
+        .iter()
+        .filter_map(|tr| g.methods.get(&(tr.clone(), name.to_string())))
+        .flatten()
+        .copied()
+        .collect();
+    (!ids.is_empty()).then_some(ids)
+}
+
 fn resolve(g: &Graph, call: &Call) -> Vec<usize> {
     match &call.callee {
         Callee::Node(id) => vec![*id],
-        Callee::Method { ty: Some(t), name } => g
-            .methods
-            .get(&(t.clone(), name.clone()))
-            .cloned()
-            .unwrap_or_default(),
+        Callee::Method { ty: Some(t), name } => methods_of(g, t, name).unwrap_or_default(),
         Callee::Method { ty: None, .. } => Vec::new(),
         Callee::Path {
             candidates,
@@ -65,9 +78,9 @@ fn resolve(g: &Graph, call: &Call) -> Vec<usize> {
                     return ids.clone();
                 }
             }
-            if let Some(tm) = type_method {
-                if let Some(ids) = g.methods.get(tm) {
-                    return ids.clone();
+            if let Some((ty, name)) = type_method {
+                if let Some(ids) = methods_of(g, ty, name) {
+                    return ids;
                 }
             }
             // A bare name no path explains (a glob import, a re-export):

@@ -223,6 +223,8 @@ pub enum Error {
     Config(String),
     /// A package named with `-p` is not in the workspace.
     UnknownPackage(String),
+    /// The audit itself failed (its worker thread could not start or panicked).
+    Internal(String),
 }
 
 impl fmt::Display for Error {
@@ -231,11 +233,15 @@ impl fmt::Display for Error {
             Error::Metadata(m) => write!(f, "cargo metadata: {m}"),
             Error::Config(m) => write!(f, "configuration: {m}"),
             Error::UnknownPackage(p) => write!(f, "package `{p}` is not a member of the workspace"),
+            Error::Internal(m) => write!(f, "internal error: {m}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+/// The stack of the thread that parses and analyses the sources.
+const AUDIT_STACK: usize = 256 << 20;
 
 /// Runs `cargo metadata`, reads the configuration, parses every audited
 /// target's sources and applies the rules.
@@ -258,18 +264,37 @@ pub fn audit(options: &Options) -> Result<Report, Error> {
         Some(path) => Some(config::read_file(path)?),
         None => None,
     };
-    let mut report = Report::default();
+    let mut jobs = Vec::new();
     for package in selected {
         let mut config = base.clone();
         config.merge(config::package_config(package)?);
         if let Some(extra) = &extra {
             config.merge(extra.clone());
         }
-        let crate_graph = scan::scan_package(package, options.include_tests, &mut report.problems);
-        report.files += crate_graph.files.len();
-        report.packages.push(package.name.clone());
-        analyze::run(&package.name, &crate_graph, &config, &mut report);
+        jobs.push((package, config));
     }
+    // Parsing and the visitors recurse with the syntax tree: deeply nested
+    // expressions rustc accepts need more than a main thread's stack. The
+    // visitors also stop at `scan::MAX_DEPTH` and report the file.
+    let include_tests = options.include_tests;
+    let mut report = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("pinned-audit".into())
+            .stack_size(AUDIT_STACK)
+            .spawn_scoped(scope, move || {
+                let mut report = Report::default();
+                for (package, config) in jobs {
+                    let crate_graph = scan::scan_package(package, include_tests, &mut report.problems);
+                    report.files += crate_graph.files.len();
+                    report.packages.push(package.name.clone());
+                    analyze::run(&package.name, &crate_graph, &config, &mut report);
+                }
+                report
+            })
+            .map_err(|e| Error::Internal(format!("could not start the audit thread: {e}")))?
+            .join()
+            .map_err(|_| Error::Internal("the audit thread panicked".to_string()))
+    })?;
     report
         .findings
         .sort_by(|a, b| (&a.location, a.rule).cmp(&(&b.location, b.rule)));

@@ -92,6 +92,19 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
+            if let Format::Json = format {
+                // Still one JSON object, with the error as its problem.
+                let report = pinned_audit::Report {
+                    problems: vec![pinned_audit::Problem {
+                        file: None,
+                        line: None,
+                        column: None,
+                        message: e.to_string(),
+                    }],
+                    ..Default::default()
+                };
+                print!("{}", pinned_audit::render::json(&report));
+            }
             return ExitCode::from(2);
         }
     };

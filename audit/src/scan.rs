@@ -201,6 +201,9 @@ pub(crate) struct Graph {
     pub by_name: HashMap<String, Vec<usize>>,
     /// Qualified paths of `extern` functions marked thread-affine.
     pub marked_affine: HashSet<String>,
+    /// Type name → the traits it implements (`impl Trait for Type`), whose
+    /// default methods it then has.
+    pub trait_impls: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Default)]
@@ -271,6 +274,14 @@ struct Scanner<'a> {
     /// (crate key, file): a file shared by two targets (`tests/common`)
     /// is read once per target, and a `#[path]` cycle ends.
     loaded: HashSet<(String, PathBuf)>,
+    /// Files already reported for nesting past [`MAX_DEPTH`].
+    too_deep: HashSet<usize>,
+    /// The path of the `impl` being scanned, as written (`sdk::Context`):
+    /// what `Self::` stands for in configured paths.
+    impl_path: Option<Vec<String>>,
+    /// Module path (`::`-joined, crate key first) → names of the items
+    /// defined in it: what a glob import of the module brings in.
+    module_items: HashMap<String, HashSet<String>>,
 }
 
 /// Scans every audited target of `package`.
@@ -282,6 +293,9 @@ pub(crate) fn scan_package(package: &Package, include_tests: bool, problems: &mu
         units: Vec::new(),
         fields: HashMap::new(),
         loaded: HashSet::new(),
+        too_deep: HashSet::new(),
+        impl_path: None,
+        module_items: HashMap::new(),
     };
     let lib_name = package
         .targets
@@ -332,6 +346,34 @@ pub(crate) fn scan_package(package: &Package, include_tests: bool, problems: &mu
     s.graph
 }
 
+/// How deep brackets may nest in a file, and expressions in a body, before
+/// the audit gives up on the file (and reports it) rather than risk its stack.
+pub(crate) const MAX_DEPTH: usize = 2048;
+
+/// The first place where `( [ {` nest deeper than [`MAX_DEPTH`]: (depth,
+/// line, column). Lexing does not recurse; parsing would.
+fn too_deep(text: &str) -> Option<(usize, usize, usize)> {
+    use proc_macro2::{TokenStream, TokenTree};
+    let tokens: TokenStream = text.parse().ok()?;
+    let mut stack = vec![tokens.into_iter()];
+    while let Some(top) = stack.last_mut() {
+        match top.next() {
+            Some(TokenTree::Group(g)) => {
+                if stack.len() >= MAX_DEPTH {
+                    let (line, col) = line_col(g.span_open());
+                    return Some((stack.len() + 1, line, col));
+                }
+                stack.push(g.stream().into_iter());
+            }
+            Some(_) => {}
+            None => {
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
 fn line_col(span: Span) -> (usize, usize) {
     let lc = span.start();
     (lc.line, lc.column + 1)
@@ -359,13 +401,24 @@ fn is_test_attr(attr: &Attribute) -> bool {
         return true;
     }
     if attr.path().is_ident("cfg") {
-        if let syn::Meta::List(list) = &attr.meta {
-            let text = list.tokens.to_string();
-            let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric() && c != '_').collect();
-            return words.contains(&"test") && !words.contains(&"not");
+        if let Ok(pred) = attr.parse_args::<syn::Meta>() {
+            return cfg_requires_test(&pred);
         }
     }
     false
+}
+
+/// Whether a `cfg` predicate holds only under `cfg(test)`: `test` itself,
+/// or an `all(..)` with such a conjunct. `any(test, ..)`, `not(..)` and
+/// features named like tests (`feature = "test-util"`) are production code.
+fn cfg_requires_test(pred: &syn::Meta) -> bool {
+    match pred {
+        syn::Meta::Path(p) => p.is_ident("test"),
+        syn::Meta::List(list) if list.path.is_ident("all") => list
+            .parse_args_with(Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated)
+            .is_ok_and(|items| items.iter().any(cfg_requires_test)),
+        _ => false,
+    }
 }
 
 fn is_test_item(attrs: &[Attribute]) -> bool {
@@ -635,8 +688,20 @@ impl Scanner<'_> {
                 return;
             }
         };
-        let parsed = syn::parse_file(&text);
         let info = scan_comments(&text, path, self.problems);
+        if let Some((depth, line, column)) = too_deep(&text) {
+            self.problems.push(Problem {
+                file: Some(path.to_path_buf()),
+                line: Some(line),
+                column: Some(column),
+                message: format!(
+                    "brackets nest {depth} levels deep here, more than the audit's limit of {MAX_DEPTH}; \
+                     the file was skipped, so nothing in it was checked"
+                ),
+            });
+            return;
+        }
+        let parsed = syn::parse_file(&text);
         let file = match parsed {
             Ok(f) => f,
             Err(e) => {
@@ -662,6 +727,28 @@ impl Scanner<'_> {
     }
 
     fn add_unit(&mut self, ctx: ModCtx, items: Vec<Item>) {
+        let defined = self.module_items.entry(ctx.path.join("::")).or_default();
+        for item in &items {
+            let ident = match item {
+                Item::Fn(i) => &i.sig.ident,
+                Item::Struct(i) => &i.ident,
+                Item::Enum(i) => &i.ident,
+                Item::Const(i) => &i.ident,
+                Item::Static(i) => &i.ident,
+                Item::Mod(i) => &i.ident,
+                Item::Macro(syn::ItemMacro { ident: Some(i), .. }) => i,
+                Item::ForeignMod(fm) => {
+                    for f in &fm.items {
+                        if let syn::ForeignItem::Fn(f) = f {
+                            defined.insert(f.sig.ident.to_string());
+                        }
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            defined.insert(ident.to_string());
+        }
         let mut uses = UseMap::default();
         let mut kept = Vec::new();
         for item in items {
@@ -766,7 +853,9 @@ impl Scanner<'_> {
             Item::Fn(f) => {
                 let mut allows = base_allows;
                 allows.extend(info.item_allows(f.span().start().line, f.sig.ident.span().start().line));
+                let saved_impl = self.impl_path.take();
                 self.scan_fn(unit, &f.attrs, &f.sig, &f.block, None, allows);
+                self.impl_path = saved_impl;
             }
             Item::Impl(imp) => {
                 let Some(self_ty) = type_name(&imp.self_ty) else {
@@ -774,6 +863,20 @@ impl Scanner<'_> {
                 };
                 let mut allows = base_allows;
                 allows.extend(info.item_allows(imp.span().start().line, imp.self_ty.span().start().line));
+                let impl_path = match &*imp.self_ty {
+                    Type::Path(p) if p.qself.is_none() => Some(path_segs(&p.path)),
+                    _ => None,
+                };
+                if let Some((_, tr, _)) = &imp.trait_ {
+                    if let Some(last) = tr.segments.last() {
+                        let traits = self.graph.trait_impls.entry(self_ty.clone()).or_default();
+                        let tr = last.ident.to_string();
+                        if !traits.contains(&tr) {
+                            traits.push(tr);
+                        }
+                    }
+                }
+                let saved_impl = std::mem::replace(&mut self.impl_path, impl_path);
                 for it in &imp.items {
                     if let ImplItem::Fn(f) = it {
                         if !self.include_tests && is_test_item(&f.attrs) {
@@ -785,9 +888,11 @@ impl Scanner<'_> {
                         self.scan_fn(unit, &f.attrs, &f.sig, &f.block, Some(&self_ty), a);
                     }
                 }
+                self.impl_path = saved_impl;
             }
             Item::Trait(t) => {
                 let name = t.ident.to_string();
+                let saved_impl = self.impl_path.take();
                 let mut allows = base_allows;
                 allows.extend(info.item_allows(t.span().start().line, t.ident.span().start().line));
                 for it in &t.items {
@@ -802,6 +907,7 @@ impl Scanner<'_> {
                         }
                     }
                 }
+                self.impl_path = saved_impl;
             }
             Item::ForeignMod(fm) => {
                 let block_marked = info.marked_affine(fm.span().start().line, fm.abi.span().start().line);
@@ -904,6 +1010,7 @@ impl Scanner<'_> {
                 .or_default()
                 .push(id);
         }
+        let impl_path = self.impl_path.clone();
         let mut v = BodyVisitor {
             s: self,
             unit,
@@ -915,6 +1022,9 @@ impl Scanner<'_> {
             on_owner: false,
             stmt_line: line,
             locals,
+            depth: 0,
+            local_bodies: HashMap::new(),
+            impl_path,
         };
         v.visit_block(block);
     }
@@ -968,6 +1078,14 @@ struct BodyVisitor<'s, 'a, 'u> {
     on_owner: bool,
     stmt_line: usize,
     locals: HashMap<String, String>,
+    /// How deep the visit is in expressions; see [`MAX_DEPTH`].
+    depth: usize,
+    /// Locals bound to a closure or async block in this body
+    /// (`let task = async move { .. };`): spawned or registered by name,
+    /// they become entry points like the literal would.
+    local_bodies: HashMap<String, Expr>,
+    /// The enclosing `impl`'s type path as written, for `Self::`.
+    impl_path: Option<Vec<String>>,
 }
 
 fn strip(mut e: &Expr) -> &Expr {
@@ -1109,7 +1227,15 @@ impl BodyVisitor<'_, '_, '_> {
         }
         let (line, col) = line_col(span);
         let callee = self.callee_for_path(&segs);
-        let expanded = self.expand(&segs).join("::");
+        let expanded = match (&self.impl_path, segs.len() > 1 && segs[0] == "Self") {
+            (Some(ty), true) => {
+                let mut full = ty.clone();
+                full.extend_from_slice(&segs[1..]);
+                self.expand(&full)
+            }
+            _ => self.glob_expand(&segs).unwrap_or_else(|| self.expand(&segs)),
+        }
+        .join("::");
         self.push_call(Call {
             callee,
             kind,
@@ -1202,7 +1328,12 @@ impl BodyVisitor<'_, '_, '_> {
             Expr::Path(p) => {
                 let segs = path_segs(&p.path);
                 if segs.len() == 1 {
-                    self.locals.get(&segs[0]).filter(|t| !t.is_empty()).cloned()
+                    match self.locals.get(&segs[0]) {
+                        Some(t) => Some(t.clone()).filter(|t| !t.is_empty()),
+                        // A unit struct's value: `let s = Svc;`.
+                        None if segs[0] == "Self" => self.self_ty.clone(),
+                        None => is_ident_start_upper(&segs[0]).then(|| segs[0].clone()),
+                    }
                 } else {
                     None
                 }
@@ -1311,6 +1442,74 @@ impl BodyVisitor<'_, '_, '_> {
         }
     }
 
+    /// A bare name that no `use`, local or item of this module explains,
+    /// read through a glob import: the crate module the glob names when it
+    /// defines the name, else the one glob that leads out of the crate.
+    fn glob_expand(&self, segs: &[String]) -> Option<Vec<String>> {
+        let [name] = segs else { return None };
+        let module = &self.unit.ctx.path;
+        let defines = |m: &[String]| {
+            self.s
+                .module_items
+                .get(&m.join("::"))
+                .map(|items| items.contains(name))
+        };
+        if self.uses.globs.is_empty()
+            || self.uses.names.contains_key(name)
+            || self.locals.contains_key(name)
+            || defines(module) == Some(true)
+        {
+            return None;
+        }
+        let mut outside = Vec::new();
+        for g in &self.uses.globs {
+            let mut rel = module.clone();
+            rel.extend_from_slice(g);
+            let mut root = vec![module[0].clone()];
+            root.extend_from_slice(g);
+            let tries: Vec<Vec<String>> = match self.normalize(g) {
+                Some(abs) => vec![abs],
+                None => vec![rel, root],
+            };
+            let mut in_crate = false;
+            for t in &tries {
+                match defines(t) {
+                    Some(true) => {
+                        let mut full = g.clone();
+                        full.push(name.clone());
+                        return Some(self.expand(&full));
+                    }
+                    Some(false) => in_crate = true,
+                    None => {}
+                }
+            }
+            if !in_crate {
+                outside.push(g);
+            }
+        }
+        match outside.as_slice() {
+            [g] => {
+                let mut full = (*g).clone();
+                full.push(name.clone());
+                Some(self.expand(&full))
+            }
+            _ => None,
+        }
+    }
+
+    /// The closure or async block an argument is, directly or through a
+    /// local bound to one in this body.
+    fn body_arg(&self, a: &Expr) -> Option<Expr> {
+        match strip(a) {
+            e @ (Expr::Closure(_) | Expr::Async(_)) => Some(e.clone()),
+            Expr::Path(p) if p.path.segments.len() == 1 && p.qself.is_none() => self
+                .local_bodies
+                .get(&p.path.segments[0].ident.to_string())
+                .cloned(),
+            _ => None,
+        }
+    }
+
     /// Registers handlers found in a router call's arguments.
     fn route_args(&mut self, e: &Expr) {
         match e {
@@ -1350,6 +1549,15 @@ impl BodyVisitor<'_, '_, '_> {
     }
 
     fn handler_arg(&mut self, h: &Expr, how: &str) {
+        if let Some(body @ Expr::Closure(_)) = self.body_arg(h) {
+            self.closure_node(
+                &body,
+                EntryKind::ClosureHandler(how.to_string()),
+                "closure handler",
+                false,
+            );
+            return;
+        }
         match strip(h) {
             Expr::Path(p) => {
                 let segs = path_segs(&p.path);
@@ -1396,6 +1604,28 @@ impl BodyVisitor<'_, '_, '_> {
 }
 
 impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
+    fn visit_expr(&mut self, e: &'ast Expr) {
+        if self.depth >= MAX_DEPTH {
+            let file = self.unit.ctx.file;
+            if self.s.too_deep.insert(file) {
+                let (line, column) = line_col(e.span());
+                self.s.problems.push(Problem {
+                    file: Some(self.s.graph.files[file].path.clone()),
+                    line: Some(line),
+                    column: Some(column),
+                    message: format!(
+                        "expressions nest more than {MAX_DEPTH} levels deep here; the audit did not \
+                         look inside, so this part of the file was not checked"
+                    ),
+                });
+            }
+            return;
+        }
+        self.depth += 1;
+        visit::visit_expr(self, e);
+        self.depth -= 1;
+    }
+
     fn visit_item(&mut self, item: &'ast Item) {
         // Nested items are scanned as functions of their own.
         let unit = self.unit;
@@ -1423,6 +1653,13 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
             .unwrap_or_default();
             for id in &ids {
                 self.locals.insert(id.clone(), ty.clone());
+                self.local_bodies.remove(id);
+            }
+            if let (Pat::Ident(pi), Some(init)) = (&local.pat, &local.init) {
+                let e = strip(&init.expr);
+                if matches!(e, Expr::Closure(_) | Expr::Async(_)) {
+                    self.local_bodies.insert(pi.ident.to_string(), e.clone());
+                }
             }
         }
         visit::visit_stmt(self, stmt);
@@ -1483,16 +1720,10 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
         self.path_call(&p.path, c.func.span(), CallKind::PathCall);
         if let Some(spawner) = Self::task_spawner(&expanded) {
             for a in &c.args {
-                let a_stripped = strip(a);
-                if matches!(a_stripped, Expr::Closure(_) | Expr::Async(_)) {
+                if let Some(body) = self.body_arg(a) {
                     let blocking = spawner == "spawn_blocking";
                     let what = format!("closure passed to {spawner}");
-                    self.closure_node(
-                        a_stripped,
-                        EntryKind::Spawned(spawner.to_string()),
-                        &what,
-                        !blocking,
-                    );
+                    self.closure_node(&body, EntryKind::Spawned(spawner.to_string()), &what, !blocking);
                 } else {
                     self.visit_expr(a);
                 }
@@ -1571,22 +1802,20 @@ impl<'ast> Visit<'ast> for BodyVisitor<'_, '_, '_> {
         }
         if let Some(spawner) = match name.as_str() {
             "spawn_blocking" => Some("spawn_blocking"),
-            "spawn" | "spawn_local" if m.args.iter().any(|a| matches!(strip(a), Expr::Async(_))) => {
+            "spawn" | "spawn_local"
+                if m.args
+                    .iter()
+                    .any(|a| matches!(self.body_arg(a), Some(Expr::Async(_)))) =>
+            {
                 Some(".spawn")
             }
             _ => None,
         } {
             for a in &m.args {
-                let a_stripped = strip(a);
-                if matches!(a_stripped, Expr::Closure(_) | Expr::Async(_)) {
+                if let Some(body) = self.body_arg(a) {
                     let what = format!("closure passed to {spawner}");
                     let blocking = spawner == "spawn_blocking";
-                    self.closure_node(
-                        a_stripped,
-                        EntryKind::Spawned(spawner.to_string()),
-                        &what,
-                        !blocking,
-                    );
+                    self.closure_node(&body, EntryKind::Spawned(spawner.to_string()), &what, !blocking);
                 } else {
                     self.visit_expr(a);
                 }
@@ -1626,6 +1855,33 @@ mod tests {
     fn comments_outside_literals_only() {
         let src = "let a = \"// no\"; // yes\nlet b = r#\"\n// no\n\"#;\nlet c = '/'; // yes\n/* // no */ x\nfn f<'a>(x: &'a str) {} // yes\nlet d = b\"//\"; let e = '\\''; // yes\n";
         assert_eq!(comment_lines(src), [1, 5, 7, 8]);
+    }
+
+    #[test]
+    fn only_cfg_test_and_all_test_are_test_only() {
+        let test_only = |src: &str| {
+            let f: syn::File = syn::parse_str(&format!("{src} fn f() {{}}")).unwrap();
+            let syn::Item::Fn(f) = &f.items[0] else {
+                unreachable!()
+            };
+            super::is_test_item(&f.attrs)
+        };
+        assert!(test_only("#[cfg(test)]"));
+        assert!(test_only("#[cfg(all(unix, test))]"));
+        assert!(test_only("#[test]"));
+        assert!(!test_only("#[cfg(any(test, feature = \"mock\"))]"));
+        assert!(!test_only("#[cfg(feature = \"test-util\")]"));
+        assert!(!test_only("#[cfg(not(test))]"));
+        assert!(!test_only("#[cfg(all(not(test), unix))]"));
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_found_without_recursion() {
+        let n = super::MAX_DEPTH + 10;
+        let src = format!("fn f() {{ let _ = {}1{}; }}", "(".repeat(n), ")".repeat(n));
+        let (depth, line, _) = super::too_deep(&src).expect("too deep");
+        assert_eq!((depth, line), (super::MAX_DEPTH + 1, 1));
+        assert!(super::too_deep("fn f() { ((1)); }").is_none());
     }
 
     #[test]
