@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use pinned_ffi_sdks::egl::{self, Display, Egl, GlContext, GL_COLOR_BUFFER_BIT, GL_RGBA, GL_UNSIGNED_BYTE};
 
-use crate::report::{fmt_ns, median, Mode, Row};
+use crate::report::{median, write_rows, Mode, Row};
 use crate::strategies::{warm_up, Measured};
 
 /// The GL operation timed.
@@ -496,24 +496,7 @@ impl RealSdks {
             egl::PBUFFER_SIZE,
             egl::PBUFFER_SIZE
         );
-        let _ = writeln!(
-            s,
-            "{:<70} {:>12} {:>10} {:>9} {:>8} {:>7}",
-            "operation: strategy", "per call", "x direct", "contexts", "threads", "wrong"
-        );
-        for r in &g.rows {
-            let wrong = r.wrong_results.map_or("-".to_owned(), |w| w.to_string());
-            let _ = writeln!(
-                s,
-                "{:<70} {:>12} {:>10.1} {:>9} {:>8} {:>7}",
-                r.name,
-                fmt_ns(r.ns_per_call),
-                r.ratio_to_direct,
-                r.contexts_created,
-                r.os_threads,
-                wrong
-            );
-        }
+        write_rows(&mut s, "operation: strategy", 70, &g.rows);
         let a = g.raw_async;
         let _ = writeln!(
             s,

@@ -298,24 +298,7 @@ impl Report {
             );
         }
         let _ = writeln!(s, "\nCost per call (median of trials, same run)");
-        let _ = writeln!(
-            s,
-            "{:<42} {:>12} {:>10} {:>9} {:>8} {:>7}",
-            "strategy", "per call", "x direct", "contexts", "threads", "wrong"
-        );
-        for r in &self.rows {
-            let wrong = r.wrong_results.map_or("-".to_owned(), |w| w.to_string());
-            let _ = writeln!(
-                s,
-                "{:<42} {:>12} {:>10.1} {:>9} {:>8} {:>7}",
-                r.name,
-                fmt_ns(r.ns_per_call),
-                r.ratio_to_direct,
-                r.contexts_created,
-                r.os_threads,
-                wrong
-            );
-        }
+        write_rows(&mut s, "strategy", 42, &self.rows);
         let _ = writeln!(
             s,
             "\nQueue wait of one worker (submission to start; sampled: each caller's first job, then 1 in {})",
@@ -479,5 +462,28 @@ impl Report {
         }
         s.push_str("</svg>\n");
         s
+    }
+}
+
+/// Writes a cost table: a header, then one line per row, the name column
+/// `width` wide.
+pub(crate) fn write_rows(s: &mut String, first: &str, width: usize, rows: &[Row]) {
+    let _ = writeln!(
+        s,
+        "{first:<width$} {:>12} {:>10} {:>9} {:>8} {:>7}",
+        "per call", "x direct", "contexts", "threads", "wrong"
+    );
+    for r in rows {
+        let wrong = r.wrong_results.map_or("-".to_owned(), |w| w.to_string());
+        let _ = writeln!(
+            s,
+            "{:<width$} {:>12} {:>10.1} {:>9} {:>8} {:>7}",
+            r.name,
+            fmt_ns(r.ns_per_call),
+            r.ratio_to_direct,
+            r.contexts_created,
+            r.os_threads,
+            wrong
+        );
     }
 }
