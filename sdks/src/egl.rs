@@ -692,6 +692,7 @@ impl GlContext {
         let d = display.raw;
         // Half-built contexts are torn down by Drop, which skips nulls.
         let mut ctx = GlContext {
+            // ORDERING: only uniqueness matters; no data is published with it.
             id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
             egl,
             display: Some(display),
