@@ -3,6 +3,7 @@
 //! [`strategies`] whose per-call cost is compared, and the same costs on a
 //! real thread-affine SDK ([`real_sdks`]).
 
+pub mod busy;
 pub mod real_sdks;
 pub mod report;
 pub mod scenarios;

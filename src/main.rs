@@ -1,7 +1,9 @@
 //! `cargo run --release`: shows why thread-affine C libraries need a single
 //! owner (wrong results from raw calls) and what the owner costs per call.
 //!
-//! Options: `--quick` (a few seconds), `--json FILE`, `--svg FILE`.
+//! Options: `--quick` (a few seconds), `--no-busy` (skip the busy-machine
+//! section, which loads every core for up to 30 s quick, 2 min full),
+//! `--json FILE`, `--svg FILE`.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -11,11 +13,13 @@ use pinned_ffi_demo::report::{self, Mode};
 
 fn main() -> ExitCode {
     let mut mode = Mode::Full;
+    let mut busy = true;
     let (mut json, mut svg) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => mode = Mode::Quick,
+            "--no-busy" => busy = false,
             "--json" | "--svg" => {
                 let Some(path) = args.next() else {
                     eprintln!("{a} needs a file name");
@@ -28,7 +32,7 @@ fn main() -> ExitCode {
                 }
             }
             "-h" | "--help" => {
-                println!("usage: pinned-ffi-demo [--quick] [--json FILE] [--svg FILE]");
+                println!("usage: pinned-ffi-demo [--quick] [--no-busy] [--json FILE] [--svg FILE]");
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().flush();
         }
     };
-    let report = report::run(mode, progress);
+    let report = report::run(mode, busy, progress);
     let real = real_sdks::run(mode, progress);
     if tty {
         eprint!("\r\x1b[2K");

@@ -46,6 +46,8 @@ pub struct Report {
     /// CPU an idle worker's owner thread used, in percent of one core
     /// (`None` where per-thread CPU time cannot be read).
     pub idle_cpu_percent: Option<f64>,
+    /// The strategies again with one hog per core (`None`: not run).
+    pub busy: Option<crate::busy::Busy>,
 }
 
 /// One line of the queue-latency table.
@@ -176,6 +178,7 @@ pub fn strategies() -> Vec<Strategy> {
         Strategy::SpawnBlocking,
         Strategy::LocalPool,
         Strategy::CrossbeamNaive,
+        Strategy::CrossbeamCallers(2),
         Strategy::CrossbeamCallers(8),
         Strategy::Rebind,
         Strategy::ThreadLocal(2),
@@ -195,7 +198,7 @@ pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Runs everything, calling `progress` before each step.
-pub fn run(mode: Mode, mut progress: impl FnMut(&str)) -> Report {
+pub fn run(mode: Mode, busy: bool, mut progress: impl FnMut(&str)) -> Report {
     let (scenario_calls, trials, fast_calls, slow_calls) = match mode {
         Mode::Quick => (2_000, 3, 20_000, 100),
         Mode::Full => (20_000, 5, 100_000, 100),
@@ -245,7 +248,8 @@ pub fn run(mode: Mode, mut progress: impl FnMut(&str)) -> Report {
                 wrong_results: ms.iter().map(|m| m.wrong).sum(),
             }
         })
-        .collect();
+        .collect::<Vec<Row>>();
+    let busy = busy.then(|| crate::busy::run(mode, &list, &rows, &mut progress));
     progress("queue latency under pressure");
     let queue_latency = queue_latency(match mode {
         Mode::Quick => 16_000,
@@ -262,6 +266,7 @@ pub fn run(mode: Mode, mut progress: impl FnMut(&str)) -> Report {
         rows,
         queue_latency,
         idle_cpu_percent: idle_cpu_percent(window),
+        busy,
     }
 }
 
@@ -319,6 +324,9 @@ impl Report {
                 fmt_ns(r.p99.as_nanos() as f64),
                 r.samples
             );
+        }
+        if let Some(b) = &self.busy {
+            b.write(&mut s);
         }
         match self.idle_cpu_percent {
             Some(p) => {
@@ -394,7 +402,8 @@ impl Report {
         let idle = self
             .idle_cpu_percent
             .map_or("null".to_owned(), |p| format!("{p:.4}"));
-        let _ = writeln!(s, "], \"idle_worker_cpu_percent\": {idle}}}");
+        let busy = self.busy.as_ref().map_or("null".to_owned(), |b| b.json());
+        let _ = writeln!(s, "], \"idle_worker_cpu_percent\": {idle}, \"busy\": {busy}}}");
         s
     }
 

@@ -107,6 +107,31 @@ impl Strategy {
         }
     }
 
+    /// The peer a pinned-worker or pool row is held against: the
+    /// crossbeam owner with as many callers, or for async, the owner behind
+    /// a tokio oneshot. `None` for the peers and limits themselves.
+    ///
+    /// ```
+    /// use pinned_ffi_demo::strategies::Strategy;
+    /// assert_eq!(Strategy::PinnedCallers(8).peer(), Some(Strategy::CrossbeamCallers(8)));
+    /// assert_eq!(Strategy::Direct.peer(), None);
+    /// ```
+    pub fn peer(&self) -> Option<Strategy> {
+        let crossbeam = |c: usize| {
+            Some(if c == 1 {
+                Strategy::CrossbeamNaive
+            } else {
+                Strategy::CrossbeamCallers(c)
+            })
+        };
+        match *self {
+            Strategy::Pinned | Strategy::PinnedBatch(_) => crossbeam(1),
+            Strategy::PinnedCallers(c) | Strategy::Pool { callers: c, .. } => crossbeam(c),
+            Strategy::AsyncSubmit => Some(Strategy::AsyncOneshot),
+            _ => None,
+        }
+    }
+
     /// Whether one call costs micro- or milliseconds (fewer calls needed).
     pub fn is_slow(&self) -> bool {
         matches!(self, Strategy::ContextPerCall | Strategy::ThreadPerCall)

@@ -56,6 +56,7 @@ fn json_and_svg_carry_every_row() {
         ],
         queue_latency: vec![],
         idle_cpu_percent: Some(0.01),
+        busy: None,
     };
     let json = report.json();
     for needle in [

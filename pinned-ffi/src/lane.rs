@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::mailbox::{Mailbox, Posted};
-use crate::spin::spin_until_done;
+use crate::spin::{spin_with, History};
 use crate::sync::{self, AtomicU32, Thread, UnsafeCell};
 use crate::unwind::{catch_panic, drop_caught, AbortOnUnwind};
 
@@ -90,6 +90,11 @@ pub(crate) trait Owner {
     fn exited(&self) -> bool;
     /// The error for a post the owner never took.
     fn refusal(&self) -> Error;
+    /// How this owner's callers' recent waits went (their spin budget).
+    fn history(&self) -> &History {
+        static UNTRACKED: History = History::new();
+        &UNTRACKED
+    }
 }
 
 /// Runs or rejects the job in a lane; monomorphised for its closure and
@@ -278,7 +283,12 @@ impl<O> Lane<O> {
         }
         // ORDERING: Acquire pairs with the owner's Release in `handle`, so
         // the result written before the answer is visible.
-        if !spin_until_done(|| answered(self.answer.load(Ordering::Acquire)), spin, None) {
+        if let Err(_missed) = spin_with(
+            || answered(self.answer.load(Ordering::Acquire)),
+            spin,
+            None,
+            Some(owner.history()),
+        ) {
             // ORDERING: AcqRel RMW on the answer word: if the owner's swap
             // came first we see the answer (and its writes); otherwise its
             // swap comes after and sees WAITING.

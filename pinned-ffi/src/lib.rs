@@ -111,6 +111,7 @@ mod keys;
 mod labels;
 mod lane;
 mod limits;
+mod load;
 mod mailbox;
 mod metrics;
 mod owner;

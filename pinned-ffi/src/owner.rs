@@ -20,7 +20,7 @@ use crate::mailbox::Scanner;
 use crate::metrics::Counters;
 use crate::shared::Shared;
 use crate::slot::Dequeued;
-use crate::spin::{spin_until_done, Engaged};
+use crate::spin::{spin_with, Engaged, History};
 use crate::unwind::{catch, drop_payload};
 
 pub(crate) enum Event<S> {
@@ -40,6 +40,9 @@ pub(crate) struct Core<S> {
     pub(crate) panics: VecDeque<Instant>,
     /// Held while the owner thread is awake (dropped while it parks).
     pub(crate) engaged: Option<Engaged>,
+    /// How this owner's idle spins went: it spins less for the next job
+    /// while jobs keep arriving after its window.
+    pub(crate) idle_spins: History,
     /// When the last re-init started, and how many in a row have failed:
     /// attempts are spaced (see `respawn`).
     pub(crate) last_reinit: Option<Instant>,
@@ -68,6 +71,7 @@ impl<S> Core<S> {
             init,
             panics: VecDeque::new(),
             engaged: None,
+            idle_spins: History::new(),
             last_reinit: None,
             reinit_failures: 0,
             stopping: false,
@@ -109,20 +113,23 @@ impl<S: 'static> Core<S> {
             // the moment it is seen (the hot path); queued work goes round
             // the loop.
             let mut post = None;
-            let work = spin_until_done(
+            let spun = spin_with(
                 || {
                     post = self.mailboxes.take();
                     post.is_some() || self.shared.bell.queued_hint()
                 },
                 self.shared.config.owner_spin,
                 None,
+                Some(&self.idle_spins),
             );
             if let Some(post) = post {
                 return Event::Msg(Msg::Posted(PostedJob(post)));
             }
-            if work {
+            // Held while parked: its drop teaches `idle_spins` how long
+            // the owner waited for work.
+            let Err(_missed) = spun else {
                 continue;
-            }
+            };
             let (mailboxes, engaged, shared) = (&self.mailboxes, &mut self.engaged, &self.shared);
             let look = || {
                 if !rx.is_empty() || !releases.is_empty() || mailboxes.pending() {

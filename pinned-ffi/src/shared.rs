@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     pub(crate) releases_pending: crate::sync::AtomicUsize,
     /// When the running job started, for the watchdog.
     pub(crate) health: crate::health::Health,
+    /// How callers' recent waits for this owner went (their spin budget);
+    /// written only when a parked wait changes it.
+    pub(crate) caller_spins: CachePadded<crate::spin::History>,
 }
 
 impl Shared {
@@ -108,6 +111,7 @@ impl Shared {
             contained_by_closer: AtomicU64::new(0),
             detached: AtomicBool::new(false),
             releases_pending: crate::sync::AtomicUsize::new(0),
+            caller_spins: CachePadded::new(crate::spin::History::new()),
             health: crate::health::Health::new(config_hang_limit),
         }
     }
@@ -267,6 +271,10 @@ impl Owner for Shared {
 
     fn refusal(&self) -> Error {
         Shared::refusal(self)
+    }
+
+    fn history(&self) -> &crate::spin::History {
+        &self.caller_spins
     }
 }
 
