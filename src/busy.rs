@@ -147,7 +147,6 @@ pub fn run(mode: Mode, list: &[Strategy], quiet: &[Row], mut progress: impl FnMu
     // Let the scheduler spread the hogs before anything is timed.
     thread::sleep(Duration::from_millis(50));
     let mut samples: Vec<Vec<Measured>> = vec![Vec::new(); list.len()];
-    let mut fixtures: Vec<Option<Fixture>> = (0..list.len()).map(|_| None).collect();
     'trials: for trial in 0..trials {
         for (s, strategy) in list.iter().enumerate() {
             if start.elapsed() > budget {
@@ -155,11 +154,11 @@ pub fn run(mode: Mode, list: &[Strategy], quiet: &[Row], mut progress: impl FnMu
             }
             progress(&format!("busy trial {}/{trials}: {}", trial + 1, strategy.name()));
             let probe = if strategy.is_slow() { 5 } else { 100 };
-            let f = fixtures[s].get_or_insert_with(|| strategy.prepare());
-            samples[s].push(bounded_trial(f, probe, target));
+            // One fixture at a time, as in the quiet section: a limit
+            // peer's owner spins while it lives and would be one more hog.
+            samples[s].push(bounded_trial(&mut strategy.prepare(), probe, target));
         }
     }
-    drop(fixtures);
     let took = start.elapsed();
     let (hog_count, hog_kind) = (hogs.count(), hogs.kind());
     drop(hogs);
@@ -221,7 +220,7 @@ impl Busy {
             let wrong = r.wrong_results.map_or("-".to_owned(), |w| w.to_string());
             let busy = r
                 .ns_per_call
-                .map_or("not run (time)".to_owned(), |b| crate::report::fmt_ns(b));
+                .map_or("not run (time)".to_owned(), crate::report::fmt_ns);
             let _ = writeln!(
                 s,
                 "{:<42} {:>12} {:>12} {:>9}  {:<36} {:>7}",

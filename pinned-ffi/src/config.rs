@@ -191,12 +191,29 @@ impl Builder {
         self.cpus = Some(cpus.into_iter().collect());
         self
     }
-    /// How long a waiting caller spins before it parks (default 50 µs).
+    /// The most a waiting caller spins before it parks (default 50 µs).
     /// Spinning turns a hand-off into a cache-line transfer instead of a
-    /// futex wake (tens of µs on a VM); zero always parks. While the
-    /// threads taking part in hand-offs outnumber the cores, spinners
-    /// yield the core on every round after the first few. An awaited
+    /// futex wake (tens of µs on a VM); zero always parks. An awaited
     /// [`Ticket`](crate::Ticket) spins at most [`Ticket::POLL_SPIN`](crate::Ticket::POLL_SPIN) of it.
+    ///
+    /// The window is a ceiling; the evidence decides how much of it a wait
+    /// uses. After its first few spins, a wait that has not seen its
+    /// answer:
+    /// - spins on while the threads taking part in hand-offs and the
+    ///   cores other processes keep busy (sampled from `/proc/stat` and
+    ///   this process's CPU time, at most every 100 ms) fit in the cores;
+    /// - yields the core on every round while our own threads alone
+    ///   outnumber the cores;
+    /// - parks while other processes hold the cores, since a yield would
+    ///   hand the core to them for a whole time slice: at once when our
+    ///   engaged threads outnumber the cores, after at most 5 µs when
+    ///   they fit (one caller and its owner on two cores);
+    /// - parks as soon as it finds it was preempted while spinning.
+    ///
+    /// And each worker shortens the window (down to 1/64) while its waits
+    /// keep outlasting it, and restores it when they get short again. The
+    /// owner's [`owner_spin`](Self::owner_spin) follows the same rules but
+    /// the last (an idle gap says nothing of how long jobs take).
     ///
     /// Windows longer than [`Builder::MAX_SPIN`] are clamped to it.
     #[must_use = "a builder method returns the changed builder"]
@@ -204,8 +221,9 @@ impl Builder {
         self.spin = spin.min(Self::MAX_SPIN);
         self
     }
-    /// How long an idle owner spins for the next job before it parks
-    /// (default 50 µs). After that an idle worker costs no CPU.
+    /// The most an idle owner spins for the next job before it parks
+    /// (default 50 µs; used as [`spin`](Self::spin) describes). After that
+    /// an idle worker costs no CPU.
     ///
     /// Windows longer than [`Builder::MAX_SPIN`] are clamped to it.
     #[must_use = "a builder method returns the changed builder"]

@@ -486,8 +486,8 @@ where
 /// (runs them, or rejects them all when `reject`), calling `idle` while
 /// none is waiting; returns the state the jobs ran on.
 #[cfg(test)]
-fn serve_posts(mb: &Mailbox<Lane<u64>>, posts: u64, reject: bool, idle: impl Fn()) -> u64 {
-    let (mut seen, mut state, mut handled) = (0, 0u64, 0);
+fn serve_posts(mb: &Mailbox<Lane<u64>>, seen: u64, posts: u64, reject: bool, idle: impl Fn()) -> u64 {
+    let (mut seen, mut state, mut handled) = (seen, 0u64, 0);
     while handled < posts {
         match mb.take_for_test(&mut seen) {
             Some(p) => {
@@ -537,7 +537,7 @@ mod loom_tests {
 
     /// An owner thread running `serve_posts`.
     fn owner(mb: Arc<Mb>, posts: u64, reject: bool) -> loom::thread::JoinHandle<u64> {
-        loom::thread::spawn(move || serve_posts(&mb, posts, reject, loom::thread::yield_now))
+        loom::thread::spawn(move || serve_posts(&mb, 0, posts, reject, loom::thread::yield_now))
     }
 
     #[test]

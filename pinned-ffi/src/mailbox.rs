@@ -81,6 +81,15 @@ impl<L> Mailbox<L> {
         Mailbox::new(lane)
     }
 
+    /// Owner side of a protocol test: the last post number published, to
+    /// start a test owner from (a fresh owner of a used mailbox must not
+    /// take its last, answered post again).
+    #[cfg(test)]
+    pub(crate) fn published_for_test(&self) -> u64 {
+        // ORDERING: see `take_after`.
+        self.seq.load(Ordering::Acquire)
+    }
+
     /// Owner side of a protocol test: the post after `seen`, if any.
     pub(crate) fn take_for_test(&self, seen: &mut u64) -> Option<Posted<L>> {
         self.take_after(seen).map(|seq| Posted {

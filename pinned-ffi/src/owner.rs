@@ -20,7 +20,7 @@ use crate::mailbox::Scanner;
 use crate::metrics::Counters;
 use crate::shared::Shared;
 use crate::slot::Dequeued;
-use crate::spin::{spin_with, Engaged, History};
+use crate::spin::{spin_with, Engaged};
 use crate::unwind::{catch, drop_payload};
 
 pub(crate) enum Event<S> {
@@ -40,9 +40,6 @@ pub(crate) struct Core<S> {
     pub(crate) panics: VecDeque<Instant>,
     /// Held while the owner thread is awake (dropped while it parks).
     pub(crate) engaged: Option<Engaged>,
-    /// How this owner's idle spins went: it spins less for the next job
-    /// while jobs keep arriving after its window.
-    pub(crate) idle_spins: History,
     /// When the last re-init started, and how many in a row have failed:
     /// attempts are spaced (see `respawn`).
     pub(crate) last_reinit: Option<Instant>,
@@ -71,7 +68,6 @@ impl<S> Core<S> {
             init,
             panics: VecDeque::new(),
             engaged: None,
-            idle_spins: History::new(),
             last_reinit: None,
             reinit_failures: 0,
             stopping: false,
@@ -120,16 +116,16 @@ impl<S: 'static> Core<S> {
                 },
                 self.shared.config.owner_spin,
                 None,
-                Some(&self.idle_spins),
+                // An idle owner's wait is not a hand-off: no history (an
+                // idle gap says nothing of how long jobs take).
+                None,
             );
             if let Some(post) = post {
                 return Event::Msg(Msg::Posted(PostedJob(post)));
             }
-            // Held while parked: its drop teaches `idle_spins` how long
-            // the owner waited for work.
-            let Err(_missed) = spun else {
+            if spun.is_ok() {
                 continue;
-            };
+            }
             let (mailboxes, engaged, shared) = (&self.mailboxes, &mut self.engaged, &self.shared);
             let look = || {
                 if !rx.is_empty() || !releases.is_empty() || mailboxes.pending() {
@@ -684,13 +680,19 @@ pub(crate) mod tests {
         use std::sync::{mpsc, Arc};
         let w = Arc::new(PinnedWorker::spawn(|| Ok::<_, std::io::Error>(0u64)).unwrap());
         let (go, hold) = mpsc::channel::<()>();
+        let (started_tx, started) = mpsc::channel::<()>();
         let fatal = w
             .submit(move |_| {
                 DIE_AFTER_NEXT_JOB.with(|d| d.set(true));
+                started_tx.send(()).unwrap();
                 hold.recv().ok();
                 1
             })
             .unwrap();
+        // Running (so off the queue) before the count below means anything:
+        // otherwise six places could be this job and five others, with the
+        // blocked caller not yet admitted.
+        started.recv().unwrap();
         let queued: Vec<_> = (0..5).map(|_| w.submit(|n| *n).unwrap()).collect();
         let blocked = {
             let w = Arc::clone(&w);

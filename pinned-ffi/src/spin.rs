@@ -94,6 +94,9 @@ pub(crate) fn policy() -> Policy {
     if cfg!(pinned_loom) {
         return Policy::Yield;
     }
+    if let Some(p) = forced() {
+        return p;
+    }
     // ORDERING: as in `Engaged::new`.
     let engaged = ENGAGED.load(Ordering::Relaxed) as u64;
     policy_for(engaged, crate::load::foreign_millicores(), cores())
@@ -114,50 +117,94 @@ fn policy_for(engaged: u64, foreign_millicores: u32, cores: usize) -> Policy {
     }
 }
 
-/// How a worker's recent waits went: the spin budget it has earned.
+#[cfg(test)]
+thread_local! {
+    /// A policy this thread's waits follow whatever the machine does, and
+    /// with no preemption check: for tests of the spin loop itself.
+    static FORCED: std::cell::Cell<Option<Policy>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+fn forced() -> Option<Policy> {
+    FORCED.with(std::cell::Cell::get)
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn forced() -> Option<Policy> {
+    None
+}
+
+/// How a worker's callers' recent waits went: the spin budget they have
+/// earned, as adaptive mutexes keep one.
 ///
-/// Each wait that ran out its spin and parked adds to `misses` when the
-/// whole wait outlasted the full budget (spinning longer would not have
-/// helped) and takes from it when it ended within half of it (a longer
-/// spin would have caught it). The budget is the configured one halved
-/// per miss, down to 1/64 of it: a worker whose jobs take longer than the
-/// window stops burning a core on every call, and one whose jobs get
-/// short again earns its budget back.
+/// A wait that spun its whole budget and parked adds a miss when the
+/// whole wait took over twice the full budget (spinning longer would not
+/// have helped), and takes one away when it ended within the full budget
+/// (the full spin would have caught it). The budget is the configured one
+/// halved per miss, down to 1/64 of it. While it is short, every eighth
+/// wait probes with the full budget and takes a miss away if it catches
+/// the answer, so a worker whose jobs get short again earns its budget
+/// back even when its shortened waits always park.
 #[derive(Debug, Default)]
 pub(crate) struct History {
     misses: AtomicU8,
+    /// Waits made while `misses > 0` (counted only then), for the probes.
+    shortened: AtomicU8,
 }
 
 impl History {
     const MOST_MISSES: u8 = 6;
+    const PROBE_EVERY: u8 = 8;
 
     pub(crate) const fn new() -> Self {
         History {
             misses: AtomicU8::new(0),
+            shortened: AtomicU8::new(0),
         }
     }
 
-    /// The budget this history allows out of `full`.
-    fn budget(&self, full: Duration) -> Duration {
-        // ORDERING: a heuristic; nothing is published through it.
-        full / (1u32 << self.misses.load(Ordering::Relaxed).min(Self::MOST_MISSES))
+    /// The budget for the next wait out of `full`, and whether that wait
+    /// is a probe.
+    fn budget(&self, full: Duration) -> (Duration, bool) {
+        // ORDERING: a heuristic; nothing is published through it. Racing
+        // updates lose a step, which a later wait makes up; every value
+        // stays within 0..=MOST_MISSES.
+        let m = self.misses.load(Ordering::Relaxed).min(Self::MOST_MISSES);
+        if m == 0 {
+            return (full, false);
+        }
+        if self
+            .shortened
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(Self::PROBE_EVERY)
+        {
+            return (full, true);
+        }
+        let nanos = u64::try_from(full.as_nanos()).unwrap_or(u64::MAX);
+        (Duration::from_nanos(nanos >> m), false)
     }
 
-    /// A parked wait that began spinning at `since` ended now.
-    fn learn(&self, since: Instant, full: Duration) {
-        let took = since.elapsed();
-        // ORDERING: as in `budget`. Racing updates lose a step, which the
-        // next wait makes up.
+    fn step(&self, up: bool) {
+        // ORDERING: as in `budget`.
         let m = self.misses.load(Ordering::Relaxed);
-        let next = if took <= full / 2 {
-            m.saturating_sub(1)
-        } else if took > full {
+        let next = if up {
             (m + 1).min(Self::MOST_MISSES)
         } else {
-            m
+            m.saturating_sub(1)
         };
         if next != m {
             self.misses.store(next, Ordering::Relaxed);
+        }
+    }
+
+    /// A wait that spun from `since` and parked has ended now.
+    fn learn(&self, since: Instant, full: Duration) {
+        let took = since.elapsed();
+        if took <= full {
+            self.step(false);
+        } else if took > full.saturating_mul(2) {
+            self.step(true);
         }
     }
 }
@@ -182,7 +229,8 @@ impl Drop for Missed<'_> {
 }
 
 /// Spins on `done` for up to `budget` (and not past `deadline`); `true` as
-/// soon as it is, `false` when time is up. See [`spin_with`].
+/// soon as it is, `false` when the spin gives way to parking. See
+/// [`spin_with`].
 pub(crate) fn spin_until_done(
     done: impl FnMut() -> bool,
     budget: Duration,
@@ -192,20 +240,29 @@ pub(crate) fn spin_until_done(
 }
 
 /// A spinner that was off the CPU for this long between two looks at the
-/// clock (64 rounds, a microsecond or two when it runs) lost its core to
-/// someone: the partner may be waiting for a core too. Stop spinning.
+/// clock, and eight times longer than its fastest gap between looks (64
+/// rounds: a microsecond or two for a caller, more for an owner scanning
+/// many mailboxes), lost its core to someone: the partner may be waiting
+/// for a core too. Stop spinning.
 const PREEMPTED: Duration = Duration::from_micros(200);
 
-/// Spins on `done` for up to `budget` as `history` allows (and not past
+/// Under [`Policy::Park`], a waiter still spins this long while our
+/// engaged threads fit in the cores (one caller and its owner, say): a
+/// partner that is on a CPU answers within it, and a futex wake-up costs
+/// more than this on a loaded VM. With more of our threads than cores it
+/// parks at once.
+const PARK_SPIN: Duration = Duration::from_micros(5);
+
+/// Spins on `done` for up to `full` as `history` allows (and not past
 /// `deadline`). `Ok` as soon as it is done; `Err` when the spin should
 /// give way to parking: the budget ran out, the machine is held by other
 /// processes ([`Policy::Park`]), or this thread was preempted while it
 /// spun. The first rounds are pure spins (a hot hand-off lands within
-/// them and pays for nothing else: no clock, no policy); after that the
-/// [`policy`] decides between spinning on, yielding every round, and
-/// parking. (Without the yield, a pool of 2 owners with 2 callers on 2
-/// vCPUs cost ~8 µs a call instead of ~2 µs; yielding to other processes'
-/// threads instead cost milliseconds a call.)
+/// them and pays for nothing else: no clock, no policy, no history);
+/// after that the [`policy`] decides between spinning on, yielding every
+/// round, and parking. (Without the yield, a pool of 2 owners with 2
+/// callers on 2 vCPUs cost ~8 µs a call instead of ~2 µs; yielding to
+/// other processes' threads instead cost milliseconds a call.)
 pub(crate) fn spin_with<'h>(
     mut done: impl FnMut() -> bool,
     full: Duration,
@@ -214,19 +271,28 @@ pub(crate) fn spin_with<'h>(
 ) -> Result<(), Missed<'h>> {
     const PURE_SPINS: u32 = 16;
     const CLOCK_EVERY: u32 = 64;
-    let budget = history.map_or(full, |h| h.budget(full));
-    if budget.is_zero() {
+    if full.is_zero() {
         return if done() { Ok(()) } else { Err(Missed::NOTHING) };
     }
-    // The clock is read only once spinning has gone on for a while: a hot
-    // hand-off completes within the first rounds and never pays for it.
+    // Set by `Policy::Park`: the most this wait spins, and then it does
+    // not teach the history (the machine, not the worker, cut it short).
+    let mut cap: Option<Duration> = None;
+    // Decided at the first look at the clock: a hot hand-off completes
+    // within the first rounds and never pays for the clock or the budget.
     let mut until: Option<Option<Instant>> = None;
-    let (mut first_look, mut last_look): (Option<Instant>, Option<Instant>) = (None, None);
+    let mut probe = false;
+    let (mut first_look, mut last_look, mut fastest): (Option<Instant>, Option<Instant>, Option<Duration>) =
+        (None, None, None);
     // Decided once the pure spins run out (fast hand-offs never ask).
     let mut yielding = false;
     let mut i: u32 = 0;
     loop {
         if done() {
+            if probe {
+                if let Some(h) = history {
+                    h.step(false); // the full budget caught it
+                }
+            }
             return Ok(());
         }
         i = i.wrapping_add(1);
@@ -235,10 +301,13 @@ pub(crate) fn spin_with<'h>(
                 Policy::Spin => {}
                 Policy::Yield => yielding = true,
                 Policy::Park => {
-                    // The estimate may be stale: refresh it (rate-limited)
-                    // on the way to the park this wait pays for anyway.
-                    crate::load::refresh(Instant::now(), cores());
-                    return if done() { Ok(()) } else { Err(Missed::NOTHING) };
+                    // The estimate may be stale: refresh it (rate-limited).
+                    crate::load::refresh(cores());
+                    // ORDERING: as in `Engaged::new`.
+                    if ENGAGED.load(Ordering::Relaxed) > cores() {
+                        return if done() { Ok(()) } else { Err(Missed::NOTHING) };
+                    }
+                    cap = Some(PARK_SPIN);
                 }
             }
         }
@@ -253,7 +322,16 @@ pub(crate) fn spin_with<'h>(
             // (or when done): saturate rather than overflow, since a panic
             // here would unwind a waiter whose frame the owner may use.
             let end = *until.get_or_insert_with(|| {
-                crate::load::refresh(now, cores());
+                crate::load::refresh(cores());
+                let budget = match (history, cap) {
+                    (Some(h), None) => {
+                        let (b, p) = h.budget(full);
+                        probe = p;
+                        b
+                    }
+                    (_, Some(c)) => full.min(c),
+                    (None, None) => full,
+                };
                 let end = now.checked_add(budget);
                 match (end, deadline) {
                     (Some(e), Some(d)) => Some(e.min(d)),
@@ -262,18 +340,26 @@ pub(crate) fn spin_with<'h>(
                 }
             });
             let first = *first_look.get_or_insert(now);
-            let gap = last_look.map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
-            last_look = Some(now);
-            if !yielding && gap > PREEMPTED {
-                crate::load::refresh(now, cores());
-                return if done() { Ok(()) } else { Err(Missed::NOTHING) };
+            if let Some(last) = last_look {
+                let gap = now.saturating_duration_since(last);
+                let preempted = !yielding
+                    && forced().is_none()
+                    && gap > PREEMPTED
+                    && fastest.is_some_and(|f| gap > f.saturating_mul(8));
+                fastest = Some(fastest.map_or(gap, |f| f.min(gap)));
+                if preempted {
+                    crate::load::refresh(cores());
+                    return if done() { Ok(()) } else { Err(Missed::NOTHING) };
+                }
             }
+            last_look = Some(now);
             if end.is_some_and(|end| now >= end) {
                 if done() {
                     return Ok(());
                 }
+                let learn = history.filter(|_| cap.is_none());
                 return Err(Missed {
-                    learn: history.map(|h| (h, first, full)),
+                    learn: learn.map(|h| (h, first, full)),
                 });
             }
         }
@@ -311,46 +397,113 @@ mod tests {
         assert_eq!(policy_for(2, 1900, 4), Policy::Spin, "four cores hold both");
     }
 
+    /// Runs `f` with this thread's waits following `p`, whatever the
+    /// machine's load, and with no preemption check.
+    fn forcing<T>(p: Policy, f: impl FnOnce() -> T) -> T {
+        FORCED.with(|c| c.set(Some(p)));
+        let out = f();
+        FORCED.with(|c| c.set(None));
+        out
+    }
+
     #[test]
     fn a_history_of_long_waits_shortens_the_spin_and_short_ones_restore_it() {
         let h = History::new();
         let full = Duration::from_millis(4);
-        assert_eq!(h.budget(full), full);
+        assert_eq!(h.budget(full), (full, false));
         let long_ago = Instant::now() - Duration::from_millis(10);
         for _ in 0..10 {
             h.learn(long_ago, full);
         }
-        assert_eq!(h.budget(full), full / 64, "capped at 1/64");
-        // A wait that ended within half the budget: a longer spin would
-        // have caught it.
+        // Shortened to 1/64, with every eighth wait a full-budget probe.
+        let budgets: Vec<_> = (0..16).map(|_| h.budget(full)).collect();
+        assert_eq!(budgets.iter().filter(|b| b.1).count(), 2, "{budgets:?}");
+        assert!(
+            budgets
+                .iter()
+                .all(|b| b == &(full, true) || b == &(full / 64, false)),
+            "{budgets:?}"
+        );
+        // A wait that ended within the full budget: a full spin would have
+        // caught it.
         h.learn(Instant::now(), full);
-        assert_eq!(h.budget(full), full / 32);
+        assert!(budgets_without_probes(&h, full).contains(&(full / 32)));
+        // Between one and two budgets: no change.
+        h.learn(Instant::now() - full.mul_f64(1.5), full);
+        assert!(budgets_without_probes(&h, full).contains(&(full / 32)));
         for _ in 0..10 {
             h.learn(Instant::now(), full);
         }
-        assert_eq!(h.budget(full), full);
-        // Through `spin_with`: a wait that never ends inside the budget
-        // misses; its `Missed` teaches the history when dropped.
+        assert_eq!(h.budget(full), (full, false));
+    }
+
+    fn budgets_without_probes(h: &History, full: Duration) -> Vec<Duration> {
+        (0..8)
+            .map(|_| h.budget(full))
+            .filter(|b| !b.1)
+            .map(|b| b.0)
+            .collect()
+    }
+
+    #[test]
+    fn through_spin_with_misses_shorten_the_budget_and_a_caught_probe_restores_it() {
+        forcing(Policy::Spin, || {
+            let h = History::new();
+            let budget = Duration::from_micros(200);
+            // Waits that never end inside the budget and park "long".
+            for _ in 0..3 {
+                let missed = spin_with(|| false, budget, None, Some(&h)).expect_err("never done");
+                assert!(missed.learn.is_some(), "a budget miss teaches the history");
+                std::thread::sleep(Duration::from_millis(1));
+                drop(missed);
+            }
+            assert_eq!(h.misses.load(Ordering::Relaxed), 3);
+            // Answers that come after ~100 µs, and a "wake-up" that takes
+            // 250 µs more: a shortened wait (25 µs) misses and, parked,
+            // learns nothing (its whole wait is over the budget); a probe
+            // (the full 200 µs) catches the answer and takes a miss away.
+            let mut before = 3;
+            for _ in 0..PROBES_TO_SEE {
+                let t = Instant::now();
+                let answered = || t.elapsed() > Duration::from_micros(100);
+                if let Err(missed) = spin_with(answered, budget, None, Some(&h)) {
+                    while t.elapsed() < Duration::from_micros(350) {
+                        std::hint::spin_loop();
+                    }
+                    drop(missed);
+                }
+                let now = h.misses.load(Ordering::Relaxed);
+                if now < before {
+                    return;
+                }
+                before = now;
+            }
+            panic!("no probe restored the budget: misses {before}");
+        });
+    }
+
+    const PROBES_TO_SEE: usize = 4 * History::PROBE_EVERY as usize;
+
+    #[test]
+    fn the_park_policy_cuts_a_spin_short_without_teaching_the_history() {
         let h = History::new();
-        let budget = Duration::from_micros(200);
-        let missed = spin_with(|| false, budget, None, Some(&h))
-            .err()
-            .expect("never done");
-        if missed.learn.is_none() {
-            println!(
-                "SKIPPED (last part): the machine is loaded ({:?}), so the spin parked early",
-                policy()
-            );
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1)); // "parked" past the budget
+        let t = Instant::now();
+        let r = forcing(Policy::Park, || {
+            spin_with(|| false, Duration::from_secs(1), None, Some(&h))
+        });
+        let missed = r.expect_err("never done");
+        assert!(missed.learn.is_none());
+        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
         drop(missed);
-        assert!(h.budget(budget) <= budget / 2, "{:?}", h.budget(budget));
-        assert!(spin_with(|| true, budget, None, Some(&h)).is_ok());
+        assert_eq!(h.misses.load(Ordering::Relaxed), 0);
     }
 
     #[test]
     fn spinning_stops_at_the_budget_or_when_done() {
+        forcing(Policy::Spin, spinning_stops_at_the_budget_or_when_done_as_told);
+    }
+
+    fn spinning_stops_at_the_budget_or_when_done_as_told() {
         let t = Instant::now();
         assert!(!spin_until_done(|| false, Duration::from_millis(5), None));
         assert!(t.elapsed() >= Duration::from_millis(5));
