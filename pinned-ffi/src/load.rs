@@ -51,7 +51,8 @@ static NEXT_REFRESH_NS: AtomicU64 = AtomicU64::new(0);
 struct Sampler {
     stat: Option<File>,
     mask: Vec<bool>,
-    tick: Duration,
+    /// One clock tick, in ns.
+    tick_ns: u64,
     buf: Vec<u8>,
     last: Option<Reading>,
 }
@@ -76,7 +77,7 @@ fn sampler() -> &'static Mutex<Sampler> {
         Mutex::new(Sampler {
             stat: File::open("/proc/stat").ok(),
             mask: affinity_mask(),
-            tick: Duration::from_nanos(1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1)),
+            tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
             buf: Vec::new(),
             last: None,
         })
@@ -152,9 +153,8 @@ fn read(s: &mut Sampler) -> Option<Reading> {
     }
     Some(Reading {
         at: Instant::now(),
-        idle: s
-            .tick
-            .saturating_mul(u32::try_from(idle_ticks).unwrap_or(u32::MAX)),
+        // In u64 ns: the ticks of many CPUs over a long uptime pass u32.
+        idle: Duration::from_nanos(idle_ticks.saturating_mul(s.tick_ns)),
         cpu: Duration::new(
             u64::try_from(ts.tv_sec).unwrap_or(0),
             u32::try_from(ts.tv_nsec).unwrap_or(0),
