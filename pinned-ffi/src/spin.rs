@@ -228,6 +228,15 @@ impl Drop for Missed<'_> {
     }
 }
 
+/// One more look before a wait gives way to parking, teaching no history.
+fn give_way<'h>(done: &mut impl FnMut() -> bool) -> Result<(), Missed<'h>> {
+    if done() {
+        Ok(())
+    } else {
+        Err(Missed::NOTHING)
+    }
+}
+
 /// Spins on `done` for up to `budget` (and not past `deadline`); `true` as
 /// soon as it is, `false` when the spin gives way to parking. See
 /// [`spin_with`].
@@ -272,7 +281,7 @@ pub(crate) fn spin_with<'h>(
     const PURE_SPINS: u32 = 16;
     const CLOCK_EVERY: u32 = 64;
     if full.is_zero() {
-        return if done() { Ok(()) } else { Err(Missed::NOTHING) };
+        return give_way(&mut done);
     }
     // Set by `Policy::Park`: the most this wait spins, and then it does
     // not teach the history (the machine, not the worker, cut it short).
@@ -305,7 +314,7 @@ pub(crate) fn spin_with<'h>(
                     crate::load::refresh(cores());
                     // ORDERING: as in `Engaged::new`.
                     if ENGAGED.load(Ordering::Relaxed) > cores() {
-                        return if done() { Ok(()) } else { Err(Missed::NOTHING) };
+                        return give_way(&mut done);
                     }
                     cap = Some(PARK_SPIN);
                 }
@@ -349,7 +358,7 @@ pub(crate) fn spin_with<'h>(
                 fastest = Some(fastest.map_or(gap, |f| f.min(gap)));
                 if preempted {
                     crate::load::refresh(cores());
-                    return if done() { Ok(()) } else { Err(Missed::NOTHING) };
+                    return give_way(&mut done);
                 }
             }
             last_look = Some(now);
