@@ -208,7 +208,11 @@ impl Builder {
     ///   hand the core to them for a whole time slice: at once when our
     ///   engaged threads outnumber the cores, after at most 5 µs when
     ///   they fit (one caller and its owner on two cores);
-    /// - parks as soon as it finds it was preempted while spinning.
+    /// - parks as soon as it finds it was preempted while spinning;
+    /// - gives way at once when its partner (the owner, for a caller; the
+    ///   caller it last woke, for an idle owner) was last seen on the CPU
+    ///   it runs on: that partner runs only once the waiter leaves. It
+    ///   parks while other processes hold the cores and yields otherwise.
     ///
     /// And each worker shortens the window (down to 1/64) while its waits
     /// keep outlasting it, and restores it when they get short again. The

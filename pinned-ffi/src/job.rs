@@ -526,7 +526,10 @@ mod tests {
             tx.send(Msg::Borrowed(BorrowedJob(JobPtr(ptr)))).unwrap();
             want += i;
             // Spin 0: park at once, the path where the owner also wakes us.
-            assert_eq!(job.slot.wait(Duration::ZERO), Ok(want));
+            assert_eq!(
+                job.slot.wait(Duration::ZERO, crate::spin::Partner::UNKNOWN),
+                Ok(want)
+            );
         }
         drop(tx);
         assert_eq!(owner.join().unwrap(), want);

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::mailbox::{Mailbox, Posted};
-use crate::spin::{spin_with, History};
+use crate::spin::{self, spin_with, History, Partner};
 use crate::sync::{self, AtomicU32, Thread, UnsafeCell};
 use crate::unwind::{catch_panic, drop_caught, AbortOnUnwind};
 
@@ -117,6 +117,12 @@ pub(crate) struct Lane<O> {
     payload: UnsafeCell<Payload>,
     /// The thread that owns this mailbox: the only one that ever parks on it.
     poster: Thread,
+    /// Where the poster was when it last parked, and where the owner was
+    /// when it answered such a post: hints for the other side's next wait
+    /// (see [`Partner`]). Plain std atomics: their values never decide
+    /// what a wait sees, only how long it spins.
+    poster_cpu: std::sync::atomic::AtomicU32,
+    owner_cpu: std::sync::atomic::AtomicU32,
     error: UnsafeCell<Option<Error>>,
     enqueued: UnsafeCell<Option<Instant>>,
     #[cfg(feature = "tracing")]
@@ -154,6 +160,8 @@ impl<O> Lane<O> {
             handler: UnsafeCell::new(None),
             payload: UnsafeCell::new(Payload([MaybeUninit::uninit(); PAYLOAD])),
             poster,
+            poster_cpu: std::sync::atomic::AtomicU32::new(Partner::UNKNOWN.0),
+            owner_cpu: std::sync::atomic::AtomicU32::new(Partner::UNKNOWN.0),
             error: UnsafeCell::new(None),
             enqueued: UnsafeCell::new(None),
             #[cfg(feature = "tracing")]
@@ -281,6 +289,8 @@ impl<O> Lane<O> {
                 sync::park_timeout(Duration::from_micros(100));
             }
         }
+        // ORDERING: a hint (see the field).
+        let owner_cpu = Partner(self.owner_cpu.load(Ordering::Relaxed));
         // ORDERING: Acquire pairs with the owner's Release in `handle`, so
         // the result written before the answer is visible.
         if let Err(_missed) = spin_with(
@@ -288,7 +298,11 @@ impl<O> Lane<O> {
             spin,
             None,
             Some(owner.history()),
+            owner_cpu,
         ) {
+            // ORDERING: a hint; the RMW below (Release) carries it to an
+            // owner whose swap sees WAITING.
+            self.poster_cpu.store(spin::current_cpu(), Ordering::Relaxed);
             // ORDERING: AcqRel RMW on the answer word: if the owner's swap
             // came first we see the answer (and its writes); otherwise its
             // swap comes after and sees WAITING.
@@ -394,9 +408,16 @@ pub(crate) fn handle<O>(
     // Acquire; Acquire (and the RMW) make a WAITING set before this visible.
     let prev = lane.answer.swap(tag(posted.seq()) | status, Ordering::AcqRel);
     if prev & WAITING != 0 {
+        // Hints for both sides' next waits (see `Partner`). ORDERING: the
+        // poster stored its CPU before the WAITING it set, which our swap
+        // read.
+        lane.owner_cpu.store(spin::current_cpu(), Ordering::Relaxed);
+        spin::note_poster(Partner(lane.poster_cpu.load(Ordering::Relaxed)));
         // The lane lives in the mailbox (held by the owner's snapshot), not
         // in the poster's frame, so touching it after the answer is fine.
         lane.poster.unpark();
+    } else {
+        spin::note_poster(Partner::UNKNOWN);
     }
     region.disarm();
     (handled, contained)

@@ -119,6 +119,8 @@ impl<S: 'static> Core<S> {
                 // An idle owner's wait is not a hand-off: no history (an
                 // idle gap says nothing of how long jobs take).
                 None,
+                // A caller parked on this CPU posts only once we leave it.
+                crate::spin::parked_poster(),
             );
             if let Some(post) = post {
                 return Event::Msg(Msg::Posted(PostedJob(post)));
@@ -167,6 +169,7 @@ impl<S: 'static> Core<S> {
                 *engaged = None; // a parked owner takes no core
                 crate::sync::park();
                 *engaged = Some(Engaged::new());
+                shared.note_owner_cpu();
             };
             if let Some(event) = self.shared.bell.sleep(look, park) {
                 return event;

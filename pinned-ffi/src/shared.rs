@@ -74,9 +74,26 @@ pub(crate) struct Shared {
     /// How callers' recent waits for this owner went (their spin budget);
     /// written only when a parked wait changes it.
     pub(crate) caller_spins: CachePadded<crate::spin::History>,
+    /// The CPU the owner woke up on last (`u32::MAX` before): a hint for
+    /// ticket waiters (see [`Partner`](crate::spin::Partner)), written
+    /// only after a park, so it sits on the callers' history line.
+    owner_cpu: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
+    /// Owner, after waking from a park: notes where it runs now.
+    pub(crate) fn note_owner_cpu(&self) {
+        // ORDERING: a hint; no one acts on it but a waiter's spin length.
+        self.owner_cpu
+            .store(crate::spin::current_cpu(), Ordering::Relaxed);
+    }
+
+    /// Where the owner was last seen (see [`note_owner_cpu`](Self::note_owner_cpu)).
+    pub(crate) fn owner_partner(&self) -> crate::spin::Partner {
+        // ORDERING: as in `note_owner_cpu`.
+        crate::spin::Partner(self.owner_cpu.load(Ordering::Relaxed))
+    }
+
     /// A fresh worker's shared part, with a new id.
     pub(crate) fn new(config: Builder) -> Shared {
         // ORDERING: only uniqueness matters.
@@ -112,6 +129,7 @@ impl Shared {
             detached: AtomicBool::new(false),
             releases_pending: crate::sync::AtomicUsize::new(0),
             caller_spins: CachePadded::new(crate::spin::History::new()),
+            owner_cpu: std::sync::atomic::AtomicU32::new(crate::spin::Partner::UNKNOWN.0),
             health: crate::health::Health::new(config_hang_limit),
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::spin::spin_until_done;
+use crate::spin::{self, spin_with, Partner};
 use crate::sync::{self, AtomicU8, Mutex, Thread, UnsafeCell};
 
 use crate::error::Error;
@@ -49,6 +49,9 @@ pub(crate) struct Slot<R> {
     /// The worker that runs the job, for re-entrancy checks.
     pub(crate) worker: u64,
     waker: Mutex<Option<Waker>>,
+    /// Where the waiter was when it registered: a hint for the owner's
+    /// next idle wait (see [`Partner`]); never decides what anyone sees.
+    waiter_cpu: std::sync::atomic::AtomicU32,
 }
 
 // SAFETY: `result` is written only by the completing side before it sets
@@ -66,6 +69,7 @@ impl<R> Slot<R> {
             result: UnsafeCell::new(None),
             waker: Mutex::new(None),
             worker,
+            waiter_cpu: std::sync::atomic::AtomicU32::new(Partner::UNKNOWN.0),
         }
     }
 
@@ -130,6 +134,7 @@ impl<R> Slot<R> {
         Publish {
             state: &self.state,
             waker: &self.waker,
+            waiter_cpu: &self.waiter_cpu,
         }
     }
 
@@ -152,6 +157,9 @@ impl<R> Slot<R> {
     /// Registers `waker` to be woken on completion. `true` if already done
     /// (then nothing will wake it).
     pub(crate) fn register(&self, waker: &Waker) -> bool {
+        // ORDERING: a hint, carried by the RMW below to a completer that
+        // sees WAITER.
+        self.waiter_cpu.store(spin::current_cpu(), Ordering::Relaxed);
         {
             let mut guard = self.waker.lock().unwrap_or_else(|e| e.into_inner());
             match &mut *guard {
@@ -165,11 +173,12 @@ impl<R> Slot<R> {
         self.state.fetch_or(WAITER, Ordering::AcqRel) & DONE != 0
     }
 
-    /// Blocks until done or `deadline`: spins for up to `spin`, then parks.
-    /// Returns whether it is done. When it returns `true` the completer has
+    /// Blocks until done or `deadline`: spins for up to `spin` (less when
+    /// the owner was last seen on this CPU: `owner`), then parks. Returns
+    /// whether it is done. When it returns `true` the completer has
     /// finished with the slot.
-    pub(crate) fn wait_until(&self, spin: Duration, deadline: Option<Instant>) -> bool {
-        if spin_until_done(|| self.is_done(), spin, deadline) {
+    pub(crate) fn wait_until(&self, spin: Duration, deadline: Option<Instant>, owner: Partner) -> bool {
+        if spin_with(|| self.is_done(), spin, deadline, None, owner).is_ok() {
             return true;
         }
         let waker = Waker::from(Arc::new(ThreadWaker(sync::current())));
@@ -201,8 +210,8 @@ impl<R> Slot<R> {
 
     /// Waits for the outcome (no deadline). On return the completer no
     /// longer touches the slot, so it may live on the waiter's stack.
-    pub(crate) fn wait(&self, spin: Duration) -> Result<R, Error> {
-        self.wait_until(spin, None);
+    pub(crate) fn wait(&self, spin: Duration, owner: Partner) -> Result<R, Error> {
+        self.wait_until(spin, None, owner);
         self.take()
     }
 }
@@ -214,6 +223,7 @@ impl<R> Slot<R> {
 pub(crate) struct Publish {
     state: *const AtomicU8,
     waker: *const Mutex<Option<Waker>>,
+    waiter_cpu: *const std::sync::atomic::AtomicU32,
 }
 
 impl Publish {
@@ -235,8 +245,12 @@ impl Publish {
         // and the waker stored before it.
         let prev = state.fetch_or(DONE, Ordering::AcqRel);
         if prev & WAITER == 0 {
+            spin::note_poster(Partner::UNKNOWN); // the waiter spun: not here
             return 0; // that RMW was the last touch: the slot may be gone
         }
+        // SAFETY: alive until FINISHED, as below. ORDERING: a hint, stored
+        // before the WAITER our RMW read.
+        spin::note_poster(Partner(unsafe { &*self.waiter_cpu }.load(Ordering::Relaxed)));
         // SAFETY: a registered waiter waits for FINISHED before it returns,
         // so the slot stays alive until the store below.
         let waker = unsafe { &*self.waker }
@@ -294,7 +308,7 @@ mod loom_tests {
                 })
             };
             // No spinning: go straight to register-and-park, the racy path.
-            assert_eq!(s.wait(Duration::ZERO), Ok(7));
+            assert_eq!(s.wait(Duration::ZERO, Partner::UNKNOWN), Ok(7));
             owner.join().unwrap();
         });
     }
@@ -357,7 +371,7 @@ mod loom_tests {
                     let _ = unsafe { s.fill(Ok(3)).publish() };
                 })
             };
-            assert_eq!(s.wait(Duration::ZERO), Ok(3));
+            assert_eq!(s.wait(Duration::ZERO, Partner::UNKNOWN), Ok(3));
             s.state.store(REUSED, Ordering::Release);
             *s.waker.lock().unwrap() = Some(Waker::noop().clone());
             owner.join().unwrap();

@@ -26,19 +26,77 @@
 //!   stranger for a whole slice (milliseconds), and a preempted partner
 //!   cannot answer however long we spin; a parked thread is woken promptly.
 //!
-//! Two more pieces of evidence end a spin early. A spinner that finds it
-//! was off the CPU between two looks at the clock was preempted: the
-//! machine is busier than the estimate says, so it parks. And each worker
+//! Three more pieces of evidence end a spin early. A waiter whose partner
+//! last ran on the waiter's own CPU (the [`Partner`] each side notes in
+//! the slow path) gives way at once: that partner runs only once we
+//! leave the CPU, so under load it parks, and otherwise it yields. A
+//! spinner that finds it was off the CPU between two looks at the clock
+//! was preempted: the machine is busier than the estimate says, so it
+//! parks. And each worker
 //! keeps a [`History`] of its waits: a worker whose waits keep outlasting
 //! the budget spins less (down to 1/64 of it), and earns the budget back
 //! when they get short again, as adaptive mutexes do. A caller of several
 //! workers counts once for each, which errs towards yielding.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::sync;
+
+/// The CPU that the thread a wait depends on (its *partner*: the owner
+/// for a caller, the last caller that parked for an idle owner) was last
+/// seen on. A hint: a stale one costs one needless park or one spin that
+/// does not help, and is corrected by the next slow wait.
+///
+/// When caller and owner share a CPU while other processes hold the
+/// others (the scheduler leaves them there: each CPU is equally busy),
+/// a spinner keeps its partner off the only CPU it may run on until the
+/// time slice ends: tens of µs a call, against one wake-up for a waiter
+/// that parks at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Partner(pub(crate) u32);
+
+impl Partner {
+    /// Nothing known: the wait follows the policy alone.
+    pub(crate) const UNKNOWN: Partner = Partner(u32::MAX);
+
+    /// Whether the partner was last seen on the CPU this thread runs on.
+    fn is_here(self) -> bool {
+        self != Self::UNKNOWN && current_cpu() == self.0
+    }
+}
+
+/// The CPU this thread runs on now (`u32::MAX` if unknown; always under
+/// loom, whose threads are not the OS's). glibc reads it from the rseq
+/// area: no system call.
+pub(crate) fn current_cpu() -> u32 {
+    if cfg!(pinned_loom) {
+        return u32::MAX;
+    }
+    // SAFETY: sched_getcpu has no preconditions; it returns -1 on error.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).unwrap_or(u32::MAX)
+}
+
+thread_local! {
+    /// On an owner thread: where the caller it last answered was parked
+    /// (`UNKNOWN` when that caller caught its answer spinning).
+    static PARKED_POSTER: Cell<Partner> = const { Cell::new(Partner::UNKNOWN) };
+}
+
+/// Owner, after answering a post: where its poster waited, if it parked
+/// (see [`Partner`]).
+pub(crate) fn note_poster(parked_on: Partner) {
+    // Gone only while this thread exits: then no wait follows.
+    let _ = PARKED_POSTER.try_with(|p| p.set(parked_on));
+}
+
+/// Owner, before an idle wait: the partner noted by [`note_poster`].
+pub(crate) fn parked_poster() -> Partner {
+    PARKED_POSTER.try_with(Cell::get).unwrap_or(Partner::UNKNOWN)
+}
 
 /// Threads engaged in hand-offs now (see the module's doc).
 static ENGAGED: AtomicUsize = AtomicUsize::new(0);
@@ -119,8 +177,9 @@ fn policy_for(engaged: u64, foreign_millicores: u32, cores: usize) -> Policy {
 
 #[cfg(test)]
 thread_local! {
-    /// A policy this thread's waits follow whatever the machine does, and
-    /// with no preemption check: for tests of the spin loop itself.
+    /// A policy this thread's waits follow whatever the machine does, with
+    /// no preemption check and no count of engaged threads: for tests of
+    /// the spin loop itself.
     static FORCED: std::cell::Cell<Option<Policy>> = const { std::cell::Cell::new(None) };
 }
 
@@ -237,15 +296,11 @@ fn give_way<'h>(done: &mut impl FnMut() -> bool) -> Result<(), Missed<'h>> {
     }
 }
 
-/// Spins on `done` for up to `budget` (and not past `deadline`); `true` as
-/// soon as it is, `false` when the spin gives way to parking. See
-/// [`spin_with`].
-pub(crate) fn spin_until_done(
-    done: impl FnMut() -> bool,
-    budget: Duration,
-    deadline: Option<Instant>,
-) -> bool {
-    spin_with(done, budget, deadline, None).is_ok()
+/// Spins on `done` for up to `budget` (and not past `deadline`), with no
+/// history and no partner: `true` as soon as it is done (tests).
+#[cfg(all(test, not(pinned_loom)))]
+fn spin_until_done(done: impl FnMut() -> bool, budget: Duration, deadline: Option<Instant>) -> bool {
+    spin_with(done, budget, deadline, None, Partner::UNKNOWN).is_ok()
 }
 
 /// A spinner that was off the CPU for this long between two looks at the
@@ -265,9 +320,10 @@ const PARK_SPIN: Duration = Duration::from_micros(5);
 /// Spins on `done` for up to `full` as `history` allows (and not past
 /// `deadline`). `Ok` as soon as it is done; `Err` when the spin should
 /// give way to parking: the budget ran out, the machine is held by other
-/// processes ([`Policy::Park`]), or this thread was preempted while it
-/// spun. The first rounds are pure spins (a hot hand-off lands within
-/// them and pays for nothing else: no clock, no policy, no history);
+/// processes ([`Policy::Park`]), the `partner` was last seen on this
+/// thread's CPU (under `Park`; otherwise the wait yields), or this thread
+/// was preempted while it spun. The first rounds are pure spins (a hot
+/// hand-off lands within them and pays for nothing else: no clock, no policy, no history);
 /// after that the [`policy`] decides between spinning on, yielding every
 /// round, and parking. (Without the yield, a pool of 2 owners with 2
 /// callers on 2 vCPUs cost ~8 µs a call instead of ~2 µs; yielding to
@@ -277,6 +333,7 @@ pub(crate) fn spin_with<'h>(
     full: Duration,
     deadline: Option<Instant>,
     history: Option<&'h History>,
+    partner: Partner,
 ) -> Result<(), Missed<'h>> {
     const PURE_SPINS: u32 = 16;
     const CLOCK_EVERY: u32 = 64;
@@ -306,14 +363,21 @@ pub(crate) fn spin_with<'h>(
         }
         i = i.wrapping_add(1);
         if i == PURE_SPINS {
-            match policy() {
+            let policy = policy();
+            if partner.is_here() {
+                if policy == Policy::Park {
+                    return give_way(&mut done);
+                }
+                yielding = true;
+            }
+            match policy {
                 Policy::Spin => {}
                 Policy::Yield => yielding = true,
                 Policy::Park => {
                     // The estimate may be stale: refresh it (rate-limited).
                     crate::load::refresh(cores());
                     // ORDERING: as in `Engaged::new`.
-                    if ENGAGED.load(Ordering::Relaxed) > cores() {
+                    if forced().is_none() && ENGAGED.load(Ordering::Relaxed) > cores() {
                         return give_way(&mut done);
                     }
                     cap = Some(PARK_SPIN);
@@ -461,7 +525,8 @@ mod tests {
             let budget = Duration::from_micros(200);
             // Waits that never end inside the budget and park "long".
             for _ in 0..3 {
-                let missed = spin_with(|| false, budget, None, Some(&h)).expect_err("never done");
+                let missed =
+                    spin_with(|| false, budget, None, Some(&h), Partner::UNKNOWN).expect_err("never done");
                 assert!(missed.learn.is_some(), "a budget miss teaches the history");
                 std::thread::sleep(Duration::from_millis(1));
                 drop(missed);
@@ -475,7 +540,7 @@ mod tests {
             for _ in 0..PROBES_TO_SEE {
                 let t = Instant::now();
                 let answered = || t.elapsed() > Duration::from_micros(100);
-                if let Err(missed) = spin_with(answered, budget, None, Some(&h)) {
+                if let Err(missed) = spin_with(answered, budget, None, Some(&h), Partner::UNKNOWN) {
                     while t.elapsed() < Duration::from_micros(350) {
                         std::hint::spin_loop();
                     }
@@ -498,7 +563,7 @@ mod tests {
         let h = History::new();
         let t = Instant::now();
         let r = forcing(Policy::Park, || {
-            spin_with(|| false, Duration::from_secs(1), None, Some(&h))
+            spin_with(|| false, Duration::from_secs(1), None, Some(&h), Partner::UNKNOWN)
         });
         let missed = r.expect_err("never done");
         assert!(missed.learn.is_none());
@@ -542,5 +607,67 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(2);
         assert!(!spin_until_done(|| false, Duration::from_secs(5), Some(deadline)));
         assert!(Instant::now() >= deadline);
+    }
+
+    /// Runs one wait that never ends under `policy` with the partner made
+    /// from this thread's CPU, and counts its looks at `done`; also
+    /// whether the thread stayed on that CPU meanwhile.
+    fn looks_before_giving_way(policy: Policy, partner: impl Fn(u32) -> Partner) -> (u32, bool) {
+        let h = History::new();
+        let cpu = current_cpu();
+        let mut looks = 0;
+        let r = forcing(policy, || {
+            spin_with(
+                || {
+                    looks += 1;
+                    false
+                },
+                Duration::from_secs(5),
+                None,
+                Some(&h),
+                partner(cpu),
+            )
+        });
+        let missed = r.expect_err("never done");
+        // A wait cut short by the machine teaches the worker nothing.
+        assert!(missed.learn.is_none());
+        drop(missed);
+        assert_eq!(h.budget(Duration::from_secs(5)).0, Duration::from_secs(5));
+        (looks, current_cpu() == cpu)
+    }
+
+    #[test]
+    fn a_partner_on_this_cpu_makes_a_busy_wait_park_at_once() {
+        assert_ne!(current_cpu(), u32::MAX, "sched_getcpu works here");
+        let stayed = |(looks, same): (u32, bool)| same.then_some(looks);
+        let looks = (0..20)
+            .find_map(|_| stayed(looks_before_giving_way(Policy::Park, Partner)))
+            .expect("the thread stayed on one CPU for one of 20 short waits");
+        // The pure spins and give_way's last look: no 5 µs spin on top.
+        assert!(looks <= 17, "{looks} looks: the wait spun on past its partner");
+        // Elsewhere (or unknown), the same policy spins its 5 µs first, and
+        // the clock is read only every 64 looks.
+        let elsewhere = |cpu: u32| Partner(cpu.wrapping_add(1));
+        let (looks, _) = looks_before_giving_way(Policy::Park, elsewhere);
+        assert!(
+            looks > 64,
+            "{looks} looks: a partner elsewhere cut the spin short"
+        );
+        let (looks, _) = looks_before_giving_way(Policy::Park, |_| Partner::UNKNOWN);
+        assert!(looks > 64, "{looks} looks: an unknown partner cut the spin short");
+    }
+
+    #[test]
+    fn an_owner_remembers_where_its_last_poster_parked() {
+        std::thread::spawn(|| {
+            assert_eq!(parked_poster(), Partner::UNKNOWN, "nothing noted yet");
+            note_poster(Partner(3));
+            assert_eq!(parked_poster(), Partner(3));
+            note_poster(Partner::UNKNOWN); // the next poster spun
+            assert_eq!(parked_poster(), Partner::UNKNOWN);
+            assert!(!Partner::UNKNOWN.is_here(), "unknown is never here");
+        })
+        .join()
+        .unwrap();
     }
 }

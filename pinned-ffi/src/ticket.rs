@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::shared::Shared;
 use crate::slot::Slot;
-use crate::spin::spin_until_done;
+use crate::spin::{spin_with, Partner};
 use crate::waits::{self, Waiting};
 
 /// Where a ticket's outcome lands: in the slot itself, or boxed for a
@@ -48,10 +48,10 @@ impl<R> Carrier<R> {
         }
     }
 
-    fn wait_until(&self, spin: Duration, deadline: Option<Instant>) -> bool {
+    fn wait_until(&self, spin: Duration, deadline: Option<Instant>, owner: Partner) -> bool {
         match self {
-            Carrier::Inline(s) => s.wait_until(spin, deadline),
-            Carrier::Boxed(s) => s.wait_until(spin, deadline),
+            Carrier::Inline(s) => s.wait_until(spin, deadline, owner),
+            Carrier::Boxed(s) => s.wait_until(spin, deadline, owner),
         }
     }
 
@@ -191,7 +191,7 @@ impl<R> Ticket<R> {
             Some(self.begin_wait()?)
         };
         let slot = self.slot.take().expect("ticket already spent");
-        slot.wait_until(self.spin, None);
+        slot.wait_until(self.spin, None, self.worker.owner_partner());
         slot.take()
     }
 
@@ -240,7 +240,7 @@ impl<R> Ticket<R> {
             Some(self.begin_wait()?)
         };
         let slot = self.slot.take().expect("ticket already spent");
-        if slot.wait_until(self.spin, Some(deadline)) {
+        if slot.wait_until(self.spin, Some(deadline), self.worker.owner_partner()) {
             return slot.take();
         }
         give_up(&slot, &self.worker)
@@ -377,7 +377,8 @@ impl<R> Future for Ticket<R> {
                 }
             }
         }
-        if spin_until_done(|| slot.is_done(), spin, None) || slot.register(cx.waker()) {
+        let owner = this.worker.owner_partner();
+        if spin_with(|| slot.is_done(), spin, None, None, owner).is_ok() || slot.register(cx.waker()) {
             let slot = this.slot.take().expect("checked above");
             this.waiting = None;
             return Poll::Ready(slot.take());

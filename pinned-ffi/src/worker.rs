@@ -371,7 +371,9 @@ impl<S: 'static> PinnedWorker<S> {
         let region =
             AbortOnUnwind::new("a caller waiting for the owner to finish a job that borrows its stack");
         let outcome = match self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
-            Ok(()) => job.slot.wait(self.shared.config.spin),
+            Ok(()) => job
+                .slot
+                .wait(self.shared.config.spin, self.shared.owner_partner()),
             Err((msg, why)) => {
                 drop(msg); // rejects the job here: it never reached the owner
                 Err(match why {
