@@ -17,8 +17,10 @@
 //! (`CLOCK_PROCESS_CPUTIME_ID`). Stolen time counts as busy: a vCPU the
 //! host took away is as unavailable as one a neighbour holds. Each window
 //! is averaged with the one before, so one noisy window does not flip the
-//! policy. It is refreshed only from waits that already left the fast
-//! path, at most once per window and by one thread at a time, so a hot
+//! policy (the first is taken whole). The first reading is taken when a
+//! worker starts, so the first window ends one [`WINDOW`] later; after
+//! that it is refreshed only from waits that already left the fast path,
+//! at most once per window and by one thread at a time, so a hot
 //! hand-off never pays for it. Where `/proc/stat` cannot be read the
 //! estimate stays at zero: the library then decides from its own threads
 //! alone.
@@ -55,6 +57,8 @@ struct Sampler {
     tick_ns: u64,
     buf: Vec<u8>,
     last: Option<Reading>,
+    /// Whether a window has been estimated yet: the first is taken whole.
+    estimated: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -80,6 +84,7 @@ fn sampler() -> &'static Mutex<Sampler> {
             tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
             buf: Vec::new(),
             last: None,
+            estimated: false,
         })
     })
 }
@@ -135,9 +140,20 @@ pub(crate) fn refresh(cores: usize) {
     let ours = reading.cpu.saturating_sub(last.cpu).as_secs_f64() / wall;
     let foreign = (cores as f64 - idle - ours).max(0.0);
     let sample = (foreign * 1000.0).min(f64::from(u32::MAX / 2)) as u32;
+    let before = std::mem::replace(&mut s.estimated, true).then(foreign_millicores);
     // ORDERING: as in `foreign_millicores`.
-    let before = FOREIGN_MILLICORES.load(Ordering::Relaxed);
-    FOREIGN_MILLICORES.store(before / 2 + sample / 2, Ordering::Relaxed);
+    FOREIGN_MILLICORES.store(blend(before, sample), Ordering::Relaxed);
+}
+
+/// The estimate after a window that measured `sample`: averaged with the
+/// one `before`, or the sample itself for the first window (averaging it
+/// with the zero the estimate starts at would halve the first evidence,
+/// and a loaded machine would be taken for a quiet one for a window more).
+fn blend(before: Option<u32>, sample: u32) -> u32 {
+    match before {
+        Some(b) => b / 2 + sample / 2,
+        None => sample,
+    }
 }
 
 /// Idle time of the CPUs in the mask and this process's CPU time, now.
@@ -214,6 +230,14 @@ fn read_idle_ticks(s: &mut Sampler) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_window_counts_whole_and_later_ones_are_averaged() {
+        assert_eq!(blend(None, 1800), 1800);
+        assert_eq!(blend(Some(1800), 200), 1000);
+        assert_eq!(blend(Some(0), 2000), 1000);
+        assert_eq!(blend(Some(u32::MAX / 2), u32::MAX / 2), u32::MAX / 2 - 1);
+    }
 
     #[test]
     fn a_core_kept_busy_by_another_process_is_seen() {

@@ -31,6 +31,11 @@ impl Builder {
         E: std::fmt::Display + Send + 'static,
         F: FnMut() -> Result<S, E> + Send + 'static,
     {
+        // Start the load estimate's first window now (rate-limited like
+        // every refresh), so that the first waits under load know of it.
+        if !cfg!(pinned_loom) {
+            crate::load::refresh(crate::spin::cores());
+        }
         // Unbounded: the queue's bound is the worker's `Room`.
         let (tx, rx) = channel::unbounded();
         let handle_rx = rx.clone();

@@ -121,7 +121,7 @@ impl Drop for Engaged {
 }
 
 /// The cores this process may use.
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
