@@ -527,7 +527,7 @@ mod tests {
             want += i;
             // Spin 0: park at once, the path where the owner also wakes us.
             assert_eq!(
-                job.slot.wait(Duration::ZERO, crate::spin::Partner::UNKNOWN),
+                job.slot.wait(Duration::ZERO, || crate::spin::Partner::UNKNOWN),
                 Ok(want)
             );
         }

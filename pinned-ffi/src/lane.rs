@@ -289,8 +289,6 @@ impl<O> Lane<O> {
                 sync::park_timeout(Duration::from_micros(100));
             }
         }
-        // ORDERING: a hint (see the field).
-        let owner_cpu = Partner(self.owner_cpu.load(Ordering::Relaxed));
         // ORDERING: Acquire pairs with the owner's Release in `handle`, so
         // the result written before the answer is visible.
         if let Err(_missed) = spin_with(
@@ -298,7 +296,8 @@ impl<O> Lane<O> {
             spin,
             None,
             Some(owner.history()),
-            owner_cpu,
+            // ORDERING: a hint (see the field).
+            || Partner(self.owner_cpu.load(Ordering::Relaxed)),
         ) {
             // ORDERING: a hint; the RMW below (Release) carries it to an
             // owner whose swap sees WAITING.

@@ -176,3 +176,45 @@ fn a_post_nobody_takes_is_refused_and_its_closure_dropped_by_the_poster() {
     assert_eq!(large, Err(Error::Closed));
     assert_eq!(Arc::strong_count(&token), 1, "both closures were dropped");
 }
+
+#[test]
+fn a_poster_that_parks_and_its_owner_note_where_each_other_ran() {
+    let mb = lane_for_this_thread();
+    let seen = mb.published_for_test();
+    let owner_mb = Arc::clone(&mb);
+    let owner = std::thread::spawn(move || {
+        let mut seen = seen;
+        let post = loop {
+            if let Some(p) = owner_mb.take_for_test(&mut seen) {
+                break p;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        // The poster does not spin: by now it has said it is waiting.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut state = 0u64;
+        handle(&post, Action::Run(&mut state), |_| ());
+        crate::spin::parked_poster()
+    });
+    // SAFETY: this thread is the lane's poster; the call waits for its answer.
+    let r = unsafe { Lane::call(&mb, |s: &mut u64| *s + 9, None, Duration::ZERO, &Open) };
+    assert_eq!(r, Ok(9));
+    let noted = owner.join().unwrap();
+    let poster_cpu = mb.lane().poster_cpu.load(Ordering::Relaxed);
+    assert_ne!(
+        poster_cpu,
+        Partner::UNKNOWN.0,
+        "the poster noted its CPU before it parked"
+    );
+    assert_eq!(
+        noted,
+        Partner(poster_cpu),
+        "the owner carries it to its next idle wait"
+    );
+    let owner_cpu = mb.lane().owner_cpu.load(Ordering::Relaxed);
+    assert_ne!(
+        owner_cpu,
+        Partner::UNKNOWN.0,
+        "the owner noted its CPU for the poster's next wait"
+    );
+}

@@ -120,7 +120,7 @@ impl<S: 'static> Core<S> {
                 // idle gap says nothing of how long jobs take).
                 None,
                 // A caller parked on this CPU posts only once we leave it.
-                crate::spin::parked_poster(),
+                crate::spin::parked_poster,
             );
             if let Some(post) = post {
                 return Event::Msg(Msg::Posted(PostedJob(post)));

@@ -76,7 +76,7 @@ pub(crate) struct Shared {
     pub(crate) caller_spins: CachePadded<crate::spin::History>,
     /// The CPU the owner woke up on last (`u32::MAX` before): a hint for
     /// ticket waiters (see [`Partner`](crate::spin::Partner)), written
-    /// only after a park, so it sits on the callers' history line.
+    /// only after a park and read only by waits past their first spins.
     owner_cpu: std::sync::atomic::AtomicU32,
 }
 

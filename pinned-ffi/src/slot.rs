@@ -173,11 +173,16 @@ impl<R> Slot<R> {
         self.state.fetch_or(WAITER, Ordering::AcqRel) & DONE != 0
     }
 
-    /// Blocks until done or `deadline`: spins for up to `spin` (less when
-    /// the owner was last seen on this CPU: `owner`), then parks. Returns
-    /// whether it is done. When it returns `true` the completer has
-    /// finished with the slot.
-    pub(crate) fn wait_until(&self, spin: Duration, deadline: Option<Instant>, owner: Partner) -> bool {
+    /// Blocks until done or `deadline`: spins for up to `spin` (giving way
+    /// early when the owner was last seen on this CPU: `owner`, asked only
+    /// once the first spins fail), then parks. Returns whether it is done.
+    /// When it returns `true` the completer has finished with the slot.
+    pub(crate) fn wait_until(
+        &self,
+        spin: Duration,
+        deadline: Option<Instant>,
+        owner: impl FnOnce() -> Partner,
+    ) -> bool {
         if spin_with(|| self.is_done(), spin, deadline, None, owner).is_ok() {
             return true;
         }
@@ -210,7 +215,7 @@ impl<R> Slot<R> {
 
     /// Waits for the outcome (no deadline). On return the completer no
     /// longer touches the slot, so it may live on the waiter's stack.
-    pub(crate) fn wait(&self, spin: Duration, owner: Partner) -> Result<R, Error> {
+    pub(crate) fn wait(&self, spin: Duration, owner: impl FnOnce() -> Partner) -> Result<R, Error> {
         self.wait_until(spin, None, owner);
         self.take()
     }
@@ -248,11 +253,14 @@ impl Publish {
             spin::note_poster(Partner::UNKNOWN); // the waiter spun: not here
             return 0; // that RMW was the last touch: the slot may be gone
         }
-        // SAFETY: alive until FINISHED, as below. ORDERING: a hint, stored
-        // before the WAITER our RMW read.
+        // SAFETY: alive until FINISHED, as the waker below (a waiter on its
+        // stack waits for FINISHED; a ticket's slot is held by the job's
+        // `Arc` until after this call). ORDERING: a hint, stored before
+        // the WAITER our RMW read.
         spin::note_poster(Partner(unsafe { &*self.waiter_cpu }.load(Ordering::Relaxed)));
-        // SAFETY: a registered waiter waits for FINISHED before it returns,
-        // so the slot stays alive until the store below.
+        // SAFETY: a registered waiter waits for FINISHED before it returns
+        // (a ticket's slot is held by the job's `Arc`), so the slot stays
+        // alive until the store below.
         let waker = unsafe { &*self.waker }
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -287,6 +295,45 @@ impl Wake for ThreadWaker {
 }
 
 /// Model checks of the slot's protocol under every interleaving loom finds.
+#[cfg(all(test, not(pinned_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_completer_notes_where_a_registered_waiter_waits() {
+        let s = Arc::new(Slot::<u64>::new(0));
+        assert!(!s.register(Waker::noop()), "not done yet");
+        let registered_on = s.waiter_cpu.load(Ordering::Relaxed);
+        assert_ne!(registered_on, Partner::UNKNOWN.0);
+        let completer = Arc::clone(&s);
+        let noted = std::thread::spawn(move || {
+            spin::note_poster(Partner(7));
+            // SAFETY: the only completer; the Arc keeps the slot alive.
+            let _ = unsafe { completer.fill(Ok(5)).publish() };
+            spin::parked_poster()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(noted, Partner(registered_on));
+        assert_eq!(s.take(), Ok(5));
+
+        // A waiter that never registered (it caught the answer spinning)
+        // leaves nothing for the owner to act on.
+        let s = Arc::new(Slot::<u64>::new(0));
+        let completer = Arc::clone(&s);
+        let noted = std::thread::spawn(move || {
+            spin::note_poster(Partner(7));
+            // SAFETY: as above.
+            let _ = unsafe { completer.fill(Ok(6)).publish() };
+            spin::parked_poster()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(noted, Partner::UNKNOWN);
+        assert_eq!(s.take(), Ok(6));
+    }
+}
+
 #[cfg(all(test, pinned_loom))]
 mod loom_tests {
     use super::*;
@@ -308,7 +355,7 @@ mod loom_tests {
                 })
             };
             // No spinning: go straight to register-and-park, the racy path.
-            assert_eq!(s.wait(Duration::ZERO, Partner::UNKNOWN), Ok(7));
+            assert_eq!(s.wait(Duration::ZERO, || Partner::UNKNOWN), Ok(7));
             owner.join().unwrap();
         });
     }
@@ -371,7 +418,7 @@ mod loom_tests {
                     let _ = unsafe { s.fill(Ok(3)).publish() };
                 })
             };
-            assert_eq!(s.wait(Duration::ZERO, Partner::UNKNOWN), Ok(3));
+            assert_eq!(s.wait(Duration::ZERO, || Partner::UNKNOWN), Ok(3));
             s.state.store(REUSED, Ordering::Release);
             *s.waker.lock().unwrap() = Some(Waker::noop().clone());
             owner.join().unwrap();

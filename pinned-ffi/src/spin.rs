@@ -81,13 +81,15 @@ pub(crate) fn current_cpu() -> u32 {
 }
 
 thread_local! {
-    /// On an owner thread: where the caller it last answered was parked
-    /// (`UNKNOWN` when that caller caught its answer spinning).
+    /// On an owner thread: where the caller it last answered went off to
+    /// wait (parked, or for an awaited ticket, where its executor thread
+    /// registered the waker); `UNKNOWN` when that caller caught its
+    /// answer spinning.
     static PARKED_POSTER: Cell<Partner> = const { Cell::new(Partner::UNKNOWN) };
 }
 
-/// Owner, after answering a post: where its poster waited, if it parked
-/// (see [`Partner`]).
+/// Owner, after answering a post or completing a ticket: where its
+/// waiter waited, if it stopped spinning (see [`Partner`]).
 pub(crate) fn note_poster(parked_on: Partner) {
     // Gone only while this thread exits: then no wait follows.
     let _ = PARKED_POSTER.try_with(|p| p.set(parked_on));
@@ -300,7 +302,7 @@ fn give_way<'h>(done: &mut impl FnMut() -> bool) -> Result<(), Missed<'h>> {
 /// history and no partner: `true` as soon as it is done (tests).
 #[cfg(all(test, not(pinned_loom)))]
 fn spin_until_done(done: impl FnMut() -> bool, budget: Duration, deadline: Option<Instant>) -> bool {
-    spin_with(done, budget, deadline, None, Partner::UNKNOWN).is_ok()
+    spin_with(done, budget, deadline, None, || Partner::UNKNOWN).is_ok()
 }
 
 /// A spinner that was off the CPU for this long between two looks at the
@@ -333,7 +335,7 @@ pub(crate) fn spin_with<'h>(
     full: Duration,
     deadline: Option<Instant>,
     history: Option<&'h History>,
-    partner: Partner,
+    partner: impl FnOnce() -> Partner,
 ) -> Result<(), Missed<'h>> {
     const PURE_SPINS: u32 = 16;
     const CLOCK_EVERY: u32 = 64;
@@ -351,6 +353,7 @@ pub(crate) fn spin_with<'h>(
         (None, None, None);
     // Decided once the pure spins run out (fast hand-offs never ask).
     let mut yielding = false;
+    let mut partner = Some(partner);
     let mut i: u32 = 0;
     loop {
         if done() {
@@ -364,8 +367,11 @@ pub(crate) fn spin_with<'h>(
         i = i.wrapping_add(1);
         if i == PURE_SPINS {
             let policy = policy();
-            if partner.is_here() {
+            if partner.take().is_some_and(|p| p().is_here()) {
                 if policy == Policy::Park {
+                    // The estimate may be stale, and these waits may be
+                    // all that would refresh it.
+                    crate::load::refresh(cores());
                     return give_way(&mut done);
                 }
                 yielding = true;
@@ -526,7 +532,7 @@ mod tests {
             // Waits that never end inside the budget and park "long".
             for _ in 0..3 {
                 let missed =
-                    spin_with(|| false, budget, None, Some(&h), Partner::UNKNOWN).expect_err("never done");
+                    spin_with(|| false, budget, None, Some(&h), || Partner::UNKNOWN).expect_err("never done");
                 assert!(missed.learn.is_some(), "a budget miss teaches the history");
                 std::thread::sleep(Duration::from_millis(1));
                 drop(missed);
@@ -540,7 +546,7 @@ mod tests {
             for _ in 0..PROBES_TO_SEE {
                 let t = Instant::now();
                 let answered = || t.elapsed() > Duration::from_micros(100);
-                if let Err(missed) = spin_with(answered, budget, None, Some(&h), Partner::UNKNOWN) {
+                if let Err(missed) = spin_with(answered, budget, None, Some(&h), || Partner::UNKNOWN) {
                     while t.elapsed() < Duration::from_micros(350) {
                         std::hint::spin_loop();
                     }
@@ -563,7 +569,13 @@ mod tests {
         let h = History::new();
         let t = Instant::now();
         let r = forcing(Policy::Park, || {
-            spin_with(|| false, Duration::from_secs(1), None, Some(&h), Partner::UNKNOWN)
+            spin_with(
+                || false,
+                Duration::from_secs(1),
+                None,
+                Some(&h),
+                || Partner::UNKNOWN,
+            )
         });
         let missed = r.expect_err("never done");
         assert!(missed.learn.is_none());
@@ -625,7 +637,7 @@ mod tests {
                 Duration::from_secs(5),
                 None,
                 Some(&h),
-                partner(cpu),
+                || partner(cpu),
             )
         });
         let missed = r.expect_err("never done");
