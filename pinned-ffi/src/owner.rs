@@ -508,6 +508,11 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
         };
         health.job_starts(&shared);
         let handling = job.run(o, &mut tally);
+        // Its waiter stopped spinning (see `note_poster`): an owner that
+        // never parks would otherwise leave its CPU hint stale for good.
+        if crate::spin::parked_poster() != crate::spin::Partner::UNKNOWN {
+            shared.note_owner_cpu();
+        }
         health.job_ends();
         core.contained(handling.contained + woken);
         if handling.outcome == RunOutcome::Panicked {
@@ -719,6 +724,27 @@ pub(crate) mod tests {
         let m = w.metrics();
         assert_eq!(m.contained_panics, 1);
         assert_eq!(m.rejected, 6);
+    }
+
+    #[test]
+    fn an_owner_that_wakes_a_ticket_waiter_notes_where_it_runs() {
+        use crate::spin::Partner;
+        use crate::PinnedWorker;
+        let w = PinnedWorker::spawn(|| Ok::<_, std::io::Error>(())).unwrap();
+        let stale = Partner(4_000_000);
+        let shared = std::sync::Arc::clone(&w.shared);
+        // Made stale by the job itself, so the owner cannot park (and note
+        // its CPU on waking) in between; long enough that the waiter parks.
+        let t = w
+            .submit(move |_| {
+                shared.set_owner_cpu_for_test(stale);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            })
+            .unwrap();
+        t.wait().unwrap();
+        let noted = w.shared.owner_partner();
+        assert_ne!(noted, stale, "the hint was refreshed by the wake-up");
+        assert_ne!(noted, Partner::UNKNOWN);
     }
 
     #[test]

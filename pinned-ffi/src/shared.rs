@@ -88,6 +88,11 @@ impl Shared {
             .store(crate::spin::current_cpu(), Ordering::Relaxed);
     }
 
+    #[cfg(test)]
+    pub(crate) fn set_owner_cpu_for_test(&self, p: crate::spin::Partner) {
+        self.owner_cpu.store(p.0, Ordering::Relaxed);
+    }
+
     /// Where the owner was last seen (see [`note_owner_cpu`](Self::note_owner_cpu)).
     pub(crate) fn owner_partner(&self) -> crate::spin::Partner {
         // ORDERING: as in `note_owner_cpu`.
