@@ -139,7 +139,7 @@ impl<T> Drop for Bound<T> {
         if self.releases.send(self.id).is_ok() {
             // ORDERING: Release, after the send: an owner that sees the
             // count (Acquire) before its next job finds the message (see
-            // `owner::release_pending`).
+            // `intake::release_pending`).
             self.shared.releases_pending.fetch_add(1, Ordering::Release);
             self.shared.bell.ring_after_send();
         }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
+use crate::intake::took;
 use crate::job::Msg;
-use crate::owner::took;
 use crate::shared::Shared;
 use crate::waits;
 use crate::worker::PinnedWorker;

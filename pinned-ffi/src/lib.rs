@@ -106,6 +106,7 @@ mod doorbell;
 mod error;
 mod health;
 mod here;
+mod intake;
 mod job;
 mod keys;
 mod labels;

@@ -14,20 +14,14 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use crate::config::PanicPolicy;
 use crate::doorbell::Look;
 use crate::error::{panic_message, Error};
+use crate::intake::{poll_queues, release_pending, took, Event};
 use crate::job::{Msg, OwnerState, PostedJob, RunOutcome};
 use crate::lane::Lane;
 use crate::mailbox::Scanner;
 use crate::metrics::Counters;
 use crate::shared::Shared;
-use crate::slot::Dequeued;
 use crate::spin::{spin_with, Engaged};
 use crate::unwind::{catch, drop_payload};
-
-pub(crate) enum Event<S> {
-    Msg(Msg<S>),
-    Release(u64),
-    Disconnected,
-}
 
 /// The owner side: channels, the init closure for re-initialisation and the
 /// breaker's memory. Moves to a fresh thread on re-init.
@@ -213,70 +207,6 @@ impl<S: 'static> Core<S> {
             .breaker
             .map_or(Duration::from_secs(1), |b| b.cooldown)
     }
-}
-
-/// `msg` was taken off the queue: frees its place, or notes that an
-/// abandoned job was reached. Returns the panics of wakers it woke.
-pub(crate) fn took<S>(shared: &Shared, msg: &Msg<S>) -> u32 {
-    match msg.dequeue() {
-        Some(Dequeued::Held) => shared.room.give_back(),
-        Some(Dequeued::Abandoned) => shared.room.skipped(),
-        None => 0,
-    }
-}
-
-/// Takes the next queued message or release, if any.
-pub(crate) fn poll_queues<S>(
-    rx: &Receiver<Msg<S>>,
-    releases: &Receiver<u64>,
-    shared: &Shared,
-) -> Option<Event<S>> {
-    // Releases first: a value dropped before a job was queued is freed
-    // before that job runs.
-    if let Some(id) = take_release(releases, shared) {
-        return Some(Event::Release(id));
-    }
-    match rx.try_recv() {
-        Ok(m) => {
-            crate::sync::channel_recv();
-            return Some(Event::Msg(m));
-        }
-        Err(TryRecvError::Disconnected) => return Some(Event::Disconnected),
-        Err(TryRecvError::Empty) => {}
-    }
-    None
-}
-
-/// Takes one owner-bound value's release, if any.
-fn take_release(releases: &Receiver<u64>, shared: &Shared) -> Option<u64> {
-    let id = releases.try_recv().ok()?;
-    crate::sync::channel_recv();
-    // ORDERING: see `Bound::drop`; only a count of what is in the channel.
-    shared.releases_pending.fetch_sub(1, Ordering::Relaxed);
-    Some(id)
-}
-
-/// Frees every owner-bound value whose handle was dropped so far: run
-/// before each job, so a handle dropped before a job was submitted (by any
-/// thread, in happens-before order) has its value freed before the job
-/// runs, however busy the queue. Returns the panics contained.
-fn release_pending<S>(releases: &Receiver<u64>, shared: &Shared, owner: Option<&mut OwnerState<S>>) -> u32 {
-    // ORDERING: a drop that happened before the job this owner just took
-    // incremented the count before that job was sent, and taking the job
-    // synchronises with its send (the channel's Release/Acquire), so this
-    // load sees the increment (and the release message, sent before it).
-    // Acquire pairs with the increment's Release for drops ordered with
-    // this owner by other means. Model-checked:
-    // `loom_a_value_released_before_a_submit_is_freed_before_that_job_runs`.
-    if shared.releases_pending.load(Ordering::Acquire) == 0 {
-        return 0;
-    }
-    let mut contained = 0;
-    let mut owner = owner;
-    while let Some(id) = take_release(releases, shared) {
-        contained += owner.as_deref_mut().map_or(0, |o| o.release(id));
-    }
-    contained
 }
 
 /// The least spacing between two re-init attempts; it doubles with each
@@ -672,89 +602,8 @@ fn respawn<S: 'static>(
 }
 
 #[cfg(all(test, not(pinned_loom)))]
-pub(crate) mod tests {
-    use std::cell::Cell;
-
-    thread_local! {
-        /// Makes this owner thread's loop panic after its next job: a
-        /// stand-in for a bug in the loop itself.
-        pub(crate) static DIE_AFTER_NEXT_JOB: Cell<bool> = const { Cell::new(false) };
-    }
-
-    #[test]
-    #[cfg_attr(miri, ignore)] // an owner thread calls libc's gettid
-    fn an_owner_whose_loop_dies_answers_every_job_and_closes_its_worker() {
-        use crate::{Error, PinnedWorker};
-        use std::sync::{mpsc, Arc};
-        let w = Arc::new(PinnedWorker::spawn(|| Ok::<_, std::io::Error>(0u64)).unwrap());
-        let (go, hold) = mpsc::channel::<()>();
-        let (started_tx, started) = mpsc::channel::<()>();
-        let fatal = w
-            .submit(move |_| {
-                DIE_AFTER_NEXT_JOB.with(|d| d.set(true));
-                started_tx.send(()).unwrap();
-                hold.recv().ok();
-                1
-            })
-            .unwrap();
-        // Running (so off the queue) before the count below means anything:
-        // otherwise six places could be this job and five others, with the
-        // blocked caller not yet admitted.
-        started.recv().unwrap();
-        let queued: Vec<_> = (0..5).map(|_| w.submit(|n| *n).unwrap()).collect();
-        let blocked = {
-            let w = Arc::clone(&w);
-            std::thread::spawn(move || w.run(|n| *n)) // queue road: the queue is not empty
-        };
-        while w.queue_len() < 6 {
-            std::thread::yield_now();
-        }
-        go.send(()).unwrap();
-        assert_eq!(fatal.wait(), Ok(1), "the job before the failure completed");
-        let died =
-            |r: Result<u64, Error>| matches!(r, Err(Error::OwnerDied(ref m)) if m.contains("injected"));
-        for t in queued {
-            assert!(died(t.wait()), "queued jobs are answered");
-        }
-        assert!(died(blocked.join().unwrap()), "a blocked caller is answered");
-        assert!(w.is_closed());
-        assert!(died(w.run(|n| *n)), "later calls are refused with the reason");
-        assert!(matches!(w.submit(|n| *n).map(|_| ()), Err(Error::OwnerDied(_))));
-        w.close().unwrap(); // returns: the dead owner marked its exit
-        let m = w.metrics();
-        assert_eq!(m.contained_panics, 1);
-        assert_eq!(m.rejected, 6);
-    }
-
-    #[test]
-    fn an_owner_that_wakes_a_ticket_waiter_notes_where_it_runs() {
-        use crate::spin::Partner;
-        use crate::PinnedWorker;
-        let w = PinnedWorker::spawn(|| Ok::<_, std::io::Error>(())).unwrap();
-        let stale = Partner(4_000_000);
-        let shared = std::sync::Arc::clone(&w.shared);
-        // Made stale by the job itself, so the owner cannot park (and note
-        // its CPU on waking) in between; long enough that the waiter parks.
-        let t = w
-            .submit(move |_| {
-                shared.set_owner_cpu_for_test(stale);
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            })
-            .unwrap();
-        t.wait().unwrap();
-        let noted = w.shared.owner_partner();
-        assert_ne!(noted, stale, "the hint was refreshed by the wake-up");
-        assert_ne!(noted, Partner::UNKNOWN);
-    }
-
-    #[test]
-    fn reinit_spacing_doubles_up_to_its_cap() {
-        use super::*;
-        assert_eq!(reinit_spacing(0), REINIT_MIN_SPACING);
-        assert_eq!(reinit_spacing(1), REINIT_MIN_SPACING * 2);
-        assert_eq!(reinit_spacing(200), REINIT_MAX_SPACING);
-    }
-}
+#[path = "owner_tests.rs"]
+pub(crate) mod tests;
 
 /// Model checks of the production paths: a real `PinnedWorker` handle, the
 /// real owner loop (`owner_thread`) on a loom thread, and the real `close`,
