@@ -201,7 +201,8 @@ impl Builder {
     /// answer:
     /// - spins on while the threads taking part in hand-offs and the
     ///   cores other processes keep busy (sampled from `/proc/stat` and
-    ///   this process's CPU time, at most every 100 ms) fit in the cores;
+    ///   this process's CPU time when a worker is spawned, then at most
+    ///   every 100 ms) fit in the cores;
     /// - yields the core on every round while our own threads alone
     ///   outnumber the cores;
     /// - parks while other processes hold the cores, since a yield would

@@ -178,6 +178,7 @@ fn a_post_nobody_takes_is_refused_and_its_closure_dropped_by_the_poster() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // Miri has no CPUs to note
 fn a_poster_that_parks_and_its_owner_note_where_each_other_ran() {
     let mb = lane_for_this_thread();
     let seen = mb.published_for_test();

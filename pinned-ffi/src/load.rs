@@ -18,7 +18,7 @@
 //! host took away is as unavailable as one a neighbour holds. Each window
 //! is averaged with the one before, so one noisy window does not flip the
 //! policy (the first is taken whole). The first reading is taken when a
-//! worker starts, so the first window ends one [`WINDOW`] later; after
+//! worker is spawned, so the first window ends one [`WINDOW`] later; after
 //! that it is refreshed only from waits that already left the fast path,
 //! at most once per window and by one thread at a time, so a hot
 //! hand-off never pays for it. Where `/proc/stat` cannot be read the

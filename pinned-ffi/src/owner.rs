@@ -438,8 +438,10 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
         };
         health.job_starts(&shared);
         let handling = job.run(o, &mut tally);
-        // Its waiter stopped spinning (see `note_poster`): an owner that
-        // never parks would otherwise leave its CPU hint stale for good.
+        // Its waiter stopped spinning (see `note_poster`; or the note is
+        // an older job's, as after a cancelled one: one needless store):
+        // an owner that never parks would otherwise leave its CPU hint
+        // stale for good.
         if crate::spin::parked_poster() != crate::spin::Partner::UNKNOWN {
             shared.note_owner_cpu();
         }

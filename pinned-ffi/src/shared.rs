@@ -74,14 +74,16 @@ pub(crate) struct Shared {
     /// How callers' recent waits for this owner went (their spin budget);
     /// written only when a parked wait changes it.
     pub(crate) caller_spins: CachePadded<crate::spin::History>,
-    /// The CPU the owner woke up on last (`u32::MAX` before): a hint for
+    /// The CPU the owner was last seen on (`u32::MAX` before): a hint for
     /// ticket waiters (see [`Partner`](crate::spin::Partner)), written
-    /// only after a park and read only by waits past their first spins.
+    /// after a park and after a job whose waiter stopped spinning, and
+    /// read only by waits past their first spins.
     owner_cpu: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
-    /// Owner, after waking from a park: notes where it runs now.
+    /// Owner, after waking from a park or waking a waiter: notes where it
+    /// runs now.
     pub(crate) fn note_owner_cpu(&self) {
         // ORDERING: a hint; no one acts on it but a waiter's spin length.
         self.owner_cpu

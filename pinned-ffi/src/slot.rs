@@ -300,6 +300,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore)] // Miri has no CPUs to note
     fn a_completer_notes_where_a_registered_waiter_waits() {
         let s = Arc::new(Slot::<u64>::new(0));
         assert!(!s.register(Waker::noop()), "not done yet");

@@ -33,7 +33,7 @@ impl Builder {
     {
         // Start the load estimate's first window now (rate-limited like
         // every refresh), so that the first waits under load know of it.
-        if !cfg!(pinned_loom) {
+        if !cfg!(any(pinned_loom, miri)) {
             crate::load::refresh(crate::spin::cores());
         }
         // Unbounded: the queue's bound is the worker's `Room`.

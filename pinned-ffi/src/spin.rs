@@ -69,10 +69,10 @@ impl Partner {
 }
 
 /// The CPU this thread runs on now (`u32::MAX` if unknown; always under
-/// loom, whose threads are not the OS's). glibc reads it from the rseq
-/// area: no system call.
+/// loom, whose threads are not the OS's, and under Miri, which has no
+/// CPUs). glibc reads it from the rseq area: no system call.
 pub(crate) fn current_cpu() -> u32 {
-    if cfg!(pinned_loom) {
+    if cfg!(any(pinned_loom, miri)) {
         return u32::MAX;
     }
     // SAFETY: sched_getcpu has no preconditions; it returns -1 on error.

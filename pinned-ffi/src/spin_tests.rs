@@ -203,6 +203,7 @@ fn looks_before_giving_way(policy: Policy, partner: impl Fn(u32) -> Partner) -> 
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // Miri has no CPUs: no partner is ever here
 fn a_partner_on_this_cpu_makes_a_busy_wait_park_at_once() {
     assert_ne!(current_cpu(), u32::MAX, "sched_getcpu works here");
     let stayed = |(looks, same): (u32, bool)| same.then_some(looks);
