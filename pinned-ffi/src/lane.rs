@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::mailbox::{Mailbox, Posted};
-use crate::spin::{self, spin_with, History, Partner};
+use crate::spin::{self, spin_with, CpuHint, History};
 use crate::sync::{self, AtomicU32, Thread, UnsafeCell};
 use crate::unwind::{catch_panic, drop_caught, AbortOnUnwind};
 
@@ -118,11 +118,9 @@ pub(crate) struct Lane<O> {
     /// The thread that owns this mailbox: the only one that ever parks on it.
     poster: Thread,
     /// Where the poster was when it last parked, and where the owner was
-    /// when it answered such a post: hints for the other side's next wait
-    /// (see [`Partner`]). Plain std atomics: their values never decide
-    /// what a wait sees, only how long it spins.
-    poster_cpu: std::sync::atomic::AtomicU32,
-    owner_cpu: std::sync::atomic::AtomicU32,
+    /// when it answered such a post: hints for the other side's next wait.
+    poster_cpu: CpuHint,
+    owner_cpu: CpuHint,
     error: UnsafeCell<Option<Error>>,
     enqueued: UnsafeCell<Option<Instant>>,
     #[cfg(feature = "tracing")]
@@ -160,8 +158,8 @@ impl<O> Lane<O> {
             handler: UnsafeCell::new(None),
             payload: UnsafeCell::new(Payload([MaybeUninit::uninit(); PAYLOAD])),
             poster,
-            poster_cpu: std::sync::atomic::AtomicU32::new(Partner::UNKNOWN.0),
-            owner_cpu: std::sync::atomic::AtomicU32::new(Partner::UNKNOWN.0),
+            poster_cpu: CpuHint::new(),
+            owner_cpu: CpuHint::new(),
             error: UnsafeCell::new(None),
             enqueued: UnsafeCell::new(None),
             #[cfg(feature = "tracing")]
@@ -296,12 +294,10 @@ impl<O> Lane<O> {
             spin,
             None,
             Some(owner.history()),
-            // ORDERING: a hint (see the field).
-            || Partner(self.owner_cpu.load(Ordering::Relaxed)),
+            || self.owner_cpu.get(),
         ) {
-            // ORDERING: a hint; the RMW below (Release) carries it to an
-            // owner whose swap sees WAITING.
-            self.poster_cpu.store(spin::current_cpu(), Ordering::Relaxed);
+            // Carried by the RMW below to an owner whose swap sees WAITING.
+            self.poster_cpu.note_here();
             // ORDERING: AcqRel RMW on the answer word: if the owner's swap
             // came first we see the answer (and its writes); otherwise its
             // swap comes after and sees WAITING.
@@ -407,16 +403,15 @@ pub(crate) fn handle<O>(
     // Acquire; Acquire (and the RMW) make a WAITING set before this visible.
     let prev = lane.answer.swap(tag(posted.seq()) | status, Ordering::AcqRel);
     if prev & WAITING != 0 {
-        // Hints for both sides' next waits (see `Partner`). ORDERING: the
-        // poster stored its CPU before the WAITING it set, which our swap
-        // read.
-        lane.owner_cpu.store(spin::current_cpu(), Ordering::Relaxed);
-        spin::note_poster(Partner(lane.poster_cpu.load(Ordering::Relaxed)));
+        // Hints for both sides' next waits: the poster noted its CPU
+        // before the WAITING our swap read.
+        lane.owner_cpu.note_here();
+        spin::note_poster(lane.poster_cpu.get());
         // The lane lives in the mailbox (held by the owner's snapshot), not
         // in the poster's frame, so touching it after the answer is fine.
         lane.poster.unpark();
     } else {
-        spin::note_poster(Partner::UNKNOWN);
+        spin::note_poster(spin::Partner::UNKNOWN);
     }
     region.disarm();
     (handled, contained)

@@ -201,21 +201,13 @@ fn a_poster_that_parks_and_its_owner_note_where_each_other_ran() {
     let r = unsafe { Lane::call(&mb, |s: &mut u64| *s + 9, None, Duration::ZERO, &Open) };
     assert_eq!(r, Ok(9));
     let noted = owner.join().unwrap();
-    let poster_cpu = mb.lane().poster_cpu.load(Ordering::Relaxed);
+    let poster_cpu = mb.lane().poster_cpu.get();
+    let unknown = crate::spin::Partner::UNKNOWN;
+    assert_ne!(poster_cpu, unknown, "the poster noted its CPU before it parked");
+    assert_eq!(noted, poster_cpu, "the owner carries it to its next idle wait");
+    let owner_cpu = mb.lane().owner_cpu.get();
     assert_ne!(
-        poster_cpu,
-        Partner::UNKNOWN.0,
-        "the poster noted its CPU before it parked"
-    );
-    assert_eq!(
-        noted,
-        Partner(poster_cpu),
-        "the owner carries it to its next idle wait"
-    );
-    let owner_cpu = mb.lane().owner_cpu.load(Ordering::Relaxed);
-    assert_ne!(
-        owner_cpu,
-        Partner::UNKNOWN.0,
+        owner_cpu, unknown,
         "the owner noted its CPU for the poster's next wait"
     );
 }

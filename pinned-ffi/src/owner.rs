@@ -163,7 +163,7 @@ impl<S: 'static> Core<S> {
                 *engaged = None; // a parked owner takes no core
                 crate::sync::park();
                 *engaged = Some(Engaged::new());
-                shared.note_owner_cpu();
+                shared.owner_cpu.note_here();
             };
             if let Some(event) = self.shared.bell.sleep(look, park) {
                 return event;
@@ -443,7 +443,7 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
         // an owner that never parks would otherwise leave its CPU hint
         // stale for good.
         if crate::spin::parked_poster() != crate::spin::Partner::UNKNOWN {
-            shared.note_owner_cpu();
+            shared.owner_cpu.note_here();
         }
         health.job_ends();
         core.contained(handling.contained + woken);

@@ -64,17 +64,17 @@ fn an_owner_that_wakes_a_ticket_waiter_notes_where_it_runs() {
     // its CPU on waking) in between; long enough that the waiter parks.
     let t = w
         .submit(move |_| {
-            shared.set_owner_cpu_for_test(stale);
+            shared.owner_cpu.set(stale);
             std::thread::sleep(std::time::Duration::from_millis(50));
         })
         .unwrap();
     t.wait().unwrap();
     // The owner notes it just after the wake-up, which may run first.
     let since = std::time::Instant::now();
-    while w.shared.owner_partner() == stale && since.elapsed() < std::time::Duration::from_secs(2) {
+    while w.shared.owner_cpu.get() == stale && since.elapsed() < std::time::Duration::from_secs(2) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let noted = w.shared.owner_partner();
+    let noted = w.shared.owner_cpu.get();
     assert_ne!(noted, stale, "the hint was refreshed after the wake-up");
     assert_ne!(noted, Partner::UNKNOWN);
 }

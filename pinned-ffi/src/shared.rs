@@ -74,33 +74,13 @@ pub(crate) struct Shared {
     /// How callers' recent waits for this owner went (their spin budget);
     /// written only when a parked wait changes it.
     pub(crate) caller_spins: CachePadded<crate::spin::History>,
-    /// The CPU the owner was last seen on (`u32::MAX` before): a hint for
-    /// ticket waiters (see [`Partner`](crate::spin::Partner)), written
-    /// after a park and after a job whose waiter stopped spinning, and
-    /// read only by waits past their first spins.
-    owner_cpu: std::sync::atomic::AtomicU32,
+    /// Where the owner was last seen, for ticket waiters: noted after a
+    /// park and after a job whose waiter stopped spinning, read only by
+    /// waits past their first spins.
+    pub(crate) owner_cpu: crate::spin::CpuHint,
 }
 
 impl Shared {
-    /// Owner, after waking from a park or waking a waiter: notes where it
-    /// runs now.
-    pub(crate) fn note_owner_cpu(&self) {
-        // ORDERING: a hint; no one acts on it but a waiter's spin length.
-        self.owner_cpu
-            .store(crate::spin::current_cpu(), Ordering::Relaxed);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn set_owner_cpu_for_test(&self, p: crate::spin::Partner) {
-        self.owner_cpu.store(p.0, Ordering::Relaxed);
-    }
-
-    /// Where the owner was last seen (see [`note_owner_cpu`](Self::note_owner_cpu)).
-    pub(crate) fn owner_partner(&self) -> crate::spin::Partner {
-        // ORDERING: as in `note_owner_cpu`.
-        crate::spin::Partner(self.owner_cpu.load(Ordering::Relaxed))
-    }
-
     /// A fresh worker's shared part, with a new id.
     pub(crate) fn new(config: Builder) -> Shared {
         // ORDERING: only uniqueness matters.
@@ -136,7 +116,7 @@ impl Shared {
             detached: AtomicBool::new(false),
             releases_pending: crate::sync::AtomicUsize::new(0),
             caller_spins: CachePadded::new(crate::spin::History::new()),
-            owner_cpu: std::sync::atomic::AtomicU32::new(crate::spin::Partner::UNKNOWN.0),
+            owner_cpu: crate::spin::CpuHint::new(),
             health: crate::health::Health::new(config_hang_limit),
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::spin::{self, spin_with, Partner};
+use crate::spin::{self, spin_with, CpuHint, Partner};
 use crate::sync::{self, AtomicU8, Mutex, Thread, UnsafeCell};
 
 use crate::error::Error;
@@ -50,8 +50,8 @@ pub(crate) struct Slot<R> {
     pub(crate) worker: u64,
     waker: Mutex<Option<Waker>>,
     /// Where the waiter was when it registered: a hint for the owner's
-    /// next idle wait (see [`Partner`]); never decides what anyone sees.
-    waiter_cpu: std::sync::atomic::AtomicU32,
+    /// next idle wait.
+    waiter_cpu: CpuHint,
 }
 
 // SAFETY: `result` is written only by the completing side before it sets
@@ -69,7 +69,7 @@ impl<R> Slot<R> {
             result: UnsafeCell::new(None),
             waker: Mutex::new(None),
             worker,
-            waiter_cpu: std::sync::atomic::AtomicU32::new(Partner::UNKNOWN.0),
+            waiter_cpu: CpuHint::new(),
         }
     }
 
@@ -157,9 +157,8 @@ impl<R> Slot<R> {
     /// Registers `waker` to be woken on completion. `true` if already done
     /// (then nothing will wake it).
     pub(crate) fn register(&self, waker: &Waker) -> bool {
-        // ORDERING: a hint, carried by the RMW below to a completer that
-        // sees WAITER.
-        self.waiter_cpu.store(spin::current_cpu(), Ordering::Relaxed);
+        // Carried by the RMW below to a completer that sees WAITER.
+        self.waiter_cpu.note_here();
         {
             let mut guard = self.waker.lock().unwrap_or_else(|e| e.into_inner());
             match &mut *guard {
@@ -228,7 +227,7 @@ impl<R> Slot<R> {
 pub(crate) struct Publish {
     state: *const AtomicU8,
     waker: *const Mutex<Option<Waker>>,
-    waiter_cpu: *const std::sync::atomic::AtomicU32,
+    waiter_cpu: *const CpuHint,
 }
 
 impl Publish {
@@ -255,9 +254,8 @@ impl Publish {
         }
         // SAFETY: alive until FINISHED, as the waker below (a waiter on its
         // stack waits for FINISHED; a ticket's slot is held by the job's
-        // `Arc` until after this call). ORDERING: a hint, stored before
-        // the WAITER our RMW read.
-        spin::note_poster(Partner(unsafe { &*self.waiter_cpu }.load(Ordering::Relaxed)));
+        // `Arc` until after this call). Noted before the WAITER our RMW read.
+        spin::note_poster(unsafe { &*self.waiter_cpu }.get());
         // SAFETY: a registered waiter waits for FINISHED before it returns
         // (a ticket's slot is held by the job's `Arc`), so the slot stays
         // alive until the store below.
@@ -294,47 +292,43 @@ impl Wake for ThreadWaker {
     }
 }
 
-/// Model checks of the slot's protocol under every interleaving loom finds.
 #[cfg(all(test, not(pinned_loom)))]
 mod tests {
     use super::*;
+
+    /// Completes `s` with `v` on a fresh thread (as an owner would) and
+    /// returns the partner that thread noted for its next idle wait.
+    fn completed_elsewhere(s: &Arc<Slot<u64>>, v: u64) -> Partner {
+        let completer = Arc::clone(s);
+        std::thread::spawn(move || {
+            spin::note_poster(Partner(7)); // an older note, to be replaced
+                                           // SAFETY: the only completer; the Arc keeps the slot alive.
+            let _ = unsafe { completer.fill(Ok(v)).publish() };
+            spin::parked_poster()
+        })
+        .join()
+        .unwrap()
+    }
 
     #[test]
     #[cfg_attr(miri, ignore)] // Miri has no CPUs to note
     fn a_completer_notes_where_a_registered_waiter_waits() {
         let s = Arc::new(Slot::<u64>::new(0));
         assert!(!s.register(Waker::noop()), "not done yet");
-        let registered_on = s.waiter_cpu.load(Ordering::Relaxed);
-        assert_ne!(registered_on, Partner::UNKNOWN.0);
-        let completer = Arc::clone(&s);
-        let noted = std::thread::spawn(move || {
-            spin::note_poster(Partner(7));
-            // SAFETY: the only completer; the Arc keeps the slot alive.
-            let _ = unsafe { completer.fill(Ok(5)).publish() };
-            spin::parked_poster()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(noted, Partner(registered_on));
+        let registered_on = s.waiter_cpu.get();
+        assert_ne!(registered_on, Partner::UNKNOWN);
+        assert_eq!(completed_elsewhere(&s, 5), registered_on);
         assert_eq!(s.take(), Ok(5));
 
         // A waiter that never registered (it caught the answer spinning)
         // leaves nothing for the owner to act on.
         let s = Arc::new(Slot::<u64>::new(0));
-        let completer = Arc::clone(&s);
-        let noted = std::thread::spawn(move || {
-            spin::note_poster(Partner(7));
-            // SAFETY: as above.
-            let _ = unsafe { completer.fill(Ok(6)).publish() };
-            spin::parked_poster()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(noted, Partner::UNKNOWN);
+        assert_eq!(completed_elsewhere(&s, 6), Partner::UNKNOWN);
         assert_eq!(s.take(), Ok(6));
     }
 }
 
+/// Model checks of the slot's protocol under every interleaving loom finds.
 #[cfg(all(test, pinned_loom))]
 mod loom_tests {
     use super::*;

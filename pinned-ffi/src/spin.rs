@@ -32,8 +32,7 @@
 //! leave the CPU, so under load it parks, and otherwise it yields. A
 //! spinner that finds it was off the CPU between two looks at the clock
 //! was preempted: the machine is busier than the estimate says, so it
-//! parks. And each worker
-//! keeps a [`History`] of its waits: a worker whose waits keep outlasting
+//! parks. And each worker keeps a [`History`] of its waits: a worker whose waits keep outlasting
 //! the budget spins less (down to 1/64 of it), and earns the budget back
 //! when they get short again, as adaptive mutexes do. A caller of several
 //! workers counts once for each, which errs towards yielding.
@@ -68,10 +67,40 @@ impl Partner {
     }
 }
 
+/// Where one side of a hand-off was last seen, for the other side's next
+/// wait (see [`Partner`]). A plain std atomic, never a loom one: its value
+/// decides only how long a wait spins, never what the wait sees.
+#[derive(Debug)]
+pub(crate) struct CpuHint(std::sync::atomic::AtomicU32);
+
+impl CpuHint {
+    pub(crate) const fn new() -> Self {
+        CpuHint(std::sync::atomic::AtomicU32::new(Partner::UNKNOWN.0))
+    }
+
+    /// Notes the CPU the calling thread runs on now.
+    pub(crate) fn note_here(&self) {
+        // ORDERING: a hint (see the type). Where the other side must see
+        // it, the noting side's next read-modify-write on the hand-off's
+        // state word carries it.
+        self.0.store(current_cpu(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> Partner {
+        // ORDERING: as in `note_here`.
+        Partner(self.0.load(Ordering::Relaxed))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set(&self, p: Partner) {
+        self.0.store(p.0, Ordering::Relaxed);
+    }
+}
+
 /// The CPU this thread runs on now (`u32::MAX` if unknown; always under
 /// loom, whose threads are not the OS's, and under Miri, which has no
 /// CPUs). glibc reads it from the rseq area: no system call.
-pub(crate) fn current_cpu() -> u32 {
+fn current_cpu() -> u32 {
     if cfg!(any(pinned_loom, miri)) {
         return u32::MAX;
     }
@@ -366,24 +395,16 @@ pub(crate) fn spin_with<'h>(
         }
         i = i.wrapping_add(1);
         if i == PURE_SPINS {
-            let policy = policy();
-            if partner.take().is_some_and(|p| p().is_here()) {
-                if policy == Policy::Park {
-                    // The estimate may be stale, and these waits may be
-                    // all that would refresh it.
-                    crate::load::refresh(cores());
-                    return give_way(&mut done);
-                }
-                yielding = true;
-            }
-            match policy {
-                Policy::Spin => {}
+            // A partner on this CPU runs only once this thread leaves it.
+            let partner_here = partner.take().is_some_and(|p| p().is_here());
+            match policy() {
+                Policy::Spin => yielding = partner_here,
                 Policy::Yield => yielding = true,
                 Policy::Park => {
                     // The estimate may be stale: refresh it (rate-limited).
                     crate::load::refresh(cores());
                     // ORDERING: as in `Engaged::new`.
-                    if forced().is_none() && ENGAGED.load(Ordering::Relaxed) > cores() {
+                    if partner_here || (forced().is_none() && ENGAGED.load(Ordering::Relaxed) > cores()) {
                         return give_way(&mut done);
                     }
                     cap = Some(PARK_SPIN);

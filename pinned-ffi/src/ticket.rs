@@ -191,7 +191,7 @@ impl<R> Ticket<R> {
             Some(self.begin_wait()?)
         };
         let slot = self.slot.take().expect("ticket already spent");
-        slot.wait_until(self.spin, None, || self.worker.owner_partner());
+        slot.wait_until(self.spin, None, || self.worker.owner_cpu.get());
         slot.take()
     }
 
@@ -240,7 +240,7 @@ impl<R> Ticket<R> {
             Some(self.begin_wait()?)
         };
         let slot = self.slot.take().expect("ticket already spent");
-        if slot.wait_until(self.spin, Some(deadline), || self.worker.owner_partner()) {
+        if slot.wait_until(self.spin, Some(deadline), || self.worker.owner_cpu.get()) {
             return slot.take();
         }
         give_up(&slot, &self.worker)
@@ -377,7 +377,7 @@ impl<R> Future for Ticket<R> {
                 }
             }
         }
-        let owner = || this.worker.owner_partner();
+        let owner = || this.worker.owner_cpu.get();
         if spin_with(|| slot.is_done(), spin, None, None, owner).is_ok() || slot.register(cx.waker()) {
             let slot = this.slot.take().expect("checked above");
             this.waiting = None;

@@ -373,7 +373,7 @@ impl<S: 'static> PinnedWorker<S> {
         let outcome = match self.enqueue(Msg::Borrowed(BorrowedJob(ptr)), Wait::Block) {
             Ok(()) => job
                 .slot
-                .wait(self.shared.config.spin, || self.shared.owner_partner()),
+                .wait(self.shared.config.spin, || self.shared.owner_cpu.get()),
             Err((msg, why)) => {
                 drop(msg); // rejects the job here: it never reached the owner
                 Err(match why {
