@@ -135,13 +135,21 @@ impl<T> Drop for Bound<T> {
     fn drop(&mut self) {
         // Unbounded: never blocks, never full. If the worker is gone its
         // values were already destroyed on its owner thread.
+        // Counted before the send and uncounted by the owner after it
+        // receives, so the count is never below the messages in the
+        // channel: an owner that reads 0 has no release to look for (a
+        // count made after the send could be read as 0 while an earlier
+        // release waits, if the owner took this one first).
+        // ORDERING: Release, before the send: an owner that takes a job
+        // sent after this drop sees the count and finds the message (see
+        // `intake::release_pending`).
+        self.shared.releases_pending.fetch_add(1, Ordering::Release);
         crate::sync::channel_send();
         if self.releases.send(self.id).is_ok() {
-            // ORDERING: Release, after the send: an owner that sees the
-            // count (Acquire) before its next job finds the message (see
-            // `intake::release_pending`).
-            self.shared.releases_pending.fetch_add(1, Ordering::Release);
             self.shared.bell.ring_after_send();
+        } else {
+            // ORDERING: the worker is gone; nothing reads this any more.
+            self.shared.releases_pending.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -33,9 +33,14 @@ pub(crate) fn poll_queues<S>(
     shared: &Shared,
 ) -> Option<Event<S>> {
     // Releases first: a value dropped before a job was queued is freed
-    // before that job runs.
-    if let Some(id) = take_release(releases, shared) {
-        return Some(Event::Release(id));
+    // before that job runs. Looked for only while counted, which spares an
+    // empty channel's poll per job: a release is counted before it is sent
+    // (see `Bound::drop`), so a message in the channel is always counted.
+    // ORDERING: as in `release_pending`.
+    if shared.releases_pending.load(Ordering::Acquire) != 0 {
+        if let Some(id) = take_release(releases, shared) {
+            return Some(Event::Release(id));
+        }
     }
     match rx.try_recv() {
         Ok(m) => {
@@ -69,10 +74,11 @@ pub(crate) fn release_pending<S>(
     // ORDERING: a drop that happened before the job this owner just took
     // incremented the count before that job was sent, and taking the job
     // synchronises with its send (the channel's Release/Acquire), so this
-    // load sees the increment (and the release message, sent before it).
-    // Acquire pairs with the increment's Release for drops ordered with
-    // this owner by other means. Model-checked:
-    // `loom_a_value_released_before_a_submit_is_freed_before_that_job_runs`.
+    // load sees the increment and the message (sent after it, before the
+    // job). Acquire pairs with the increment's Release for drops ordered
+    // with this owner by other means. Model-checked:
+    // `loom_a_value_released_before_a_submit_is_freed_before_that_job_runs`
+    // and, with a release racing it, `loom_a_racing_release_does_not_hide_one_made_before_a_submit`.
     if shared.releases_pending.load(Ordering::Acquire) == 0 {
         return 0;
     }

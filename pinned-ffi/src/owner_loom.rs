@@ -51,6 +51,12 @@ impl Drop for Token {
 /// Runs `f` under loom, dropping the model threads' mailbox
 /// registrations inside the model, even when `f` fails.
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    model_bounded(3, f)
+}
+
+/// `model` with its own preemption bound (a model with more threads needs
+/// a lower one to finish).
+fn model_bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
     struct Forget;
     impl Drop for Forget {
         fn drop(&mut self) {
@@ -58,7 +64,7 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
         }
     }
     let mut b = loom::model::Builder::new();
-    b.preemption_bound = Some(3);
+    b.preemption_bound = Some(preemptions);
     b.check(move || {
         let _forget = Forget;
         f()
@@ -109,6 +115,45 @@ fn loom_a_ticket_racing_close_is_run_or_refused_never_lost() {
         let got = caller.join().unwrap();
         owner.join().unwrap();
         assert!(matches!(got, Ok(Ok(7)) | Err(Error::Closed)), "{got:?}");
+    });
+}
+
+/// A release racing on another thread must not hide one made before a
+/// submit, nor leave the owner spinning on a release it cannot count yet
+/// (with the count made after the send, the owner's look saw the message
+/// while its poll, gated on the count, skipped it: this model then never
+/// ends). The two values are bound before the owner starts (as `bind`
+/// leaves them), and the preemption bound is 2, to keep the model small.
+#[test]
+fn loom_a_racing_release_does_not_hide_one_made_before_a_submit() {
+    model_bounded(2, || {
+        let (w, core) = unstarted();
+        let (early, racing) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut state = OwnerState::new(0);
+        let mut handle = |id: u64, drops: &Arc<AtomicUsize>| {
+            state.bound.insert(id, Box::new(Token(Arc::clone(drops))));
+            crate::bound::Bound::<Token> {
+                id,
+                worker: w.shared.id,
+                releases: w.releases.clone(),
+                shared: Arc::clone(&w.shared),
+                _value: PhantomData,
+            }
+        };
+        let (before, other) = (handle(1, &early), handle(2, &racing));
+        let owner = loom::thread::spawn(move || {
+            core.shared.bell.set_owner(crate::sync::current());
+            owner_thread(core, Some(state), None);
+        });
+        let dropper = loom::thread::spawn(move || drop(other));
+        drop(before);
+        let seen = Arc::clone(&early);
+        let freed = w.submit(move |_| seen.load(Ordering::SeqCst)).unwrap().wait();
+        assert_eq!(freed, Ok(1), "the job ran before the released value was freed");
+        dropper.join().unwrap();
+        w.close().unwrap();
+        owner.join().unwrap();
+        assert_eq!(racing.load(Ordering::SeqCst), 1, "the racing value was freed too");
     });
 }
 
