@@ -1,7 +1,7 @@
 //! Jobs as the owner sees them: the type-erased closure and its slot
-//! ([`Job`]), by box (tickets), by pointer into the caller's stack (a
-//! blocking call through the queue) or posted in a mailbox lane, and the
-//! messages that carry them.
+//! ([`Job`]), in one allocation shared with its ticket, by pointer into
+//! the caller's stack (a blocking call through the queue) or posted in a
+//! mailbox lane, and the messages that carry them.
 
 use std::any::Any;
 use std::cell::UnsafeCell;
@@ -121,12 +121,33 @@ pub(crate) trait SlotHolder<R> {
     fn slot(&self) -> &Slot<R>;
 }
 
-impl<R> SlotHolder<R> for Arc<Slot<R>> {
+/// The slot of a ticket's job: it lives in the job's own allocation, which
+/// the queue's message and the [`Ticket`](crate::Ticket) share (one `Arc`),
+/// so a submission allocates once, and the ticket's holder, usually the
+/// last to let go, frees it on its own thread.
+pub(crate) struct TicketSlot<R>(pub(crate) Slot<R>);
+
+impl<R> SlotHolder<R> for TicketSlot<R> {
     const CANCELLABLE: bool = true;
     fn slot(&self) -> &Slot<R> {
-        self
+        &self.0
     }
 }
+
+/// A ticket's job as the ticket sees it: its slot only (the closure is the
+/// owner's business).
+pub(crate) trait HoldsSlot<R>: Send + Sync {
+    fn slot(&self) -> &Slot<R>;
+}
+
+impl<S, F: Send, R: Send> HoldsSlot<R> for JobImpl<S, F, R, TicketSlot<R>> {
+    fn slot(&self) -> &Slot<R> {
+        &self.slot.0
+    }
+}
+
+/// A ticket's job, shared by its queue message and its ticket.
+pub(crate) type SharedJob<S, F, R> = Arc<JobImpl<S, F, R, TicketSlot<R>>>;
 
 impl<R> SlotHolder<R> for Slot<R> {
     // `run` waits to the end: no cancel, so no claim needed before running,
@@ -155,6 +176,13 @@ pub(crate) struct JobImpl<S, F, R, P: SlotHolder<R>> {
 // while running or rejecting it, the creator before sending or after it got
 // it back), never by two threads at once; F: Send lets it move.
 unsafe impl<S, F: Send, R, P: SlotHolder<R> + Send> Send for JobImpl<S, F, R, P> {}
+// SAFETY: only a ticket's job is shared, by its queue message and its
+// ticket. The ticket sees it as `dyn HoldsSlot`, which reaches the slot
+// alone (Sync for R: Send); `f` is reached only through `Job::run`,
+// `Job::reject` and `take_f`, which only the message's holder calls (the
+// owner, or the submitter before sending and after a refusal), one thread
+// at a time; `call`, `enqueued` and the label are read-only.
+unsafe impl<S, F: Send, R: Send> Sync for JobImpl<S, F, R, TicketSlot<R>> {}
 
 impl<S, F, R, P: SlotHolder<R>> JobImpl<S, F, R, P> {
     pub(crate) fn new(
@@ -256,10 +284,11 @@ impl<S, F: Send, R: Send, P: SlotHolder<R> + Send> Job<S> for JobImpl<S, F, R, P
 
 impl<S, F, R, P: SlotHolder<R>> Drop for JobImpl<S, F, R, P> {
     fn drop(&mut self) {
-        // A job dropped without running or being rejected (its channel was
-        // torn down) still gets an outcome. Only boxed jobs get here with
-        // `f` still set (a borrowed one is run or rejected through its
-        // message), and their slot is an `Arc` this job holds.
+        // A job dropped without running or being rejected still gets an
+        // outcome. A backstop: every path takes `f` first (a message runs
+        // or rejects its job, also when dropped; a refused submission
+        // takes its closure back), and nobody waits on a slot whose job
+        // is being dropped.
         if let Some(f) = self.f.get_mut().take() {
             drop_caught(f);
             let publish = self.slot.slot().fill(Err(Error::Shutdown));
@@ -394,8 +423,56 @@ pub(crate) fn call_owner<S, R, G: FnOnce(&mut OwnerState<S>) -> R>(g: G, owner: 
     g(owner)
 }
 
+/// A ticket's job in the queue: the job's allocation, shared with its
+/// ticket. Dropping it unhandled (the channel torn down) rejects the job,
+/// so a ticket still waiting gets an outcome.
+pub(crate) struct QueuedJob<S>(pub(crate) Arc<dyn Job<S> + Sync>);
+
+impl<S> QueuedJob<S> {
+    /// Consumes the message: handled exactly once from here on.
+    fn into_job(self) -> Arc<dyn Job<S> + Sync> {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the `Arc` moves
+        // out exactly once.
+        unsafe { std::ptr::read(&this.0) }
+    }
+
+    fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> Handling {
+        let job = self.into_job();
+        let finished = job.run(owner, tally);
+        // SAFETY: the slot lives in the job, which our `Arc` keeps alive,
+        // and the `&self` of `run` has ended.
+        let mut handling = unsafe { finished.publish() };
+        // Ours may be the last hold (its ticket is gone): that drops a
+        // result nobody claimed, under the catch.
+        handling.contained += drop_caught(job);
+        handling
+    }
+
+    fn reject(self, error: Error) -> u32 {
+        let job = self.into_job();
+        let finished = job.reject(error);
+        // SAFETY: as in `run`.
+        let contained = unsafe { finished.publish() }.contained;
+        contained + drop_caught(job)
+    }
+
+    fn dequeue(&self) -> Dequeued {
+        self.0.dequeue()
+    }
+}
+
+impl<S> Drop for QueuedJob<S> {
+    fn drop(&mut self) {
+        let finished = self.0.reject(Error::Shutdown);
+        // SAFETY: as in `run`: our `Arc` keeps the job alive, and the
+        // reference `reject` took has ended.
+        let _ = unsafe { finished.publish() };
+    }
+}
+
 pub(crate) enum Msg<S> {
-    Job(Box<dyn Job<S>>),
+    Job(QueuedJob<S>),
     Borrowed(BorrowedJob<S>),
     Posted(PostedJob<S>),
     Stop,
@@ -409,15 +486,7 @@ impl<S> Msg<S> {
     pub(crate) fn run(self, owner: &mut OwnerState<S>, tally: &mut dyn FnMut(RunOutcome)) -> Handling {
         let region = AbortOnUnwind::new("the owner handling a job");
         let handling = match self {
-            Msg::Job(job) => {
-                let finished = job.run(owner, tally);
-                // SAFETY: the slot is an `Arc` the boxed job holds, and the
-                // `&self` of `run` has ended.
-                let mut handling = unsafe { finished.publish() };
-                // The result may be dropped here (its ticket is gone).
-                handling.contained += drop_caught(job);
-                handling
-            }
+            Msg::Job(job) => job.run(owner, tally),
             Msg::Borrowed(job) => job.run(owner, tally),
             Msg::Posted(job) => job.run(owner, tally),
             Msg::Stop => Handling {
@@ -434,12 +503,7 @@ impl<S> Msg<S> {
     pub(crate) fn reject(self, error: Error) -> u32 {
         let region = AbortOnUnwind::new("the owner rejecting a job");
         let contained = match self {
-            Msg::Job(job) => {
-                let finished = job.reject(error);
-                // SAFETY: as in `run`.
-                let contained = unsafe { finished.publish() }.contained;
-                contained + drop_caught(job)
-            }
+            Msg::Job(job) => job.reject(error),
             Msg::Borrowed(job) => job.reject(error),
             Msg::Posted(job) => job.reject(error),
             Msg::Stop => 0,
@@ -460,7 +524,7 @@ impl<S> Msg<S> {
 
     pub(crate) fn enqueued(&self) -> Option<Instant> {
         match self {
-            Msg::Job(job) => job.enqueued(),
+            Msg::Job(job) => job.0.enqueued(),
             Msg::Borrowed(job) => job.job().enqueued(),
             Msg::Posted(job) => job.lane().enqueued(),
             Msg::Stop => None,
@@ -472,7 +536,7 @@ impl<S> Msg<S> {
     pub(crate) fn span(&self, shared: &Shared) -> tracing::Span {
         let posted;
         let label = match self {
-            Msg::Job(job) => job.label(),
+            Msg::Job(job) => job.0.label(),
             Msg::Borrowed(job) => job.job().label(),
             Msg::Posted(job) => {
                 posted = job.lane().label();
@@ -533,5 +597,58 @@ mod tests {
         }
         drop(tx);
         assert_eq!(owner.join().unwrap(), want);
+    }
+    /// A ticket's job and its ticket share one allocation: the queue's
+    /// message dropped unhandled (a channel torn down) must still answer
+    /// the ticket, and drop the closure exactly once.
+    #[test]
+    fn a_queued_job_dropped_unhandled_answers_its_ticket() {
+        let captured = Arc::new(());
+        let held = Arc::clone(&captured);
+        let job: SharedJob<u64, _, u64> = Arc::new(JobImpl::new(
+            move |o: &mut OwnerState<u64>| {
+                let _keep = &held;
+                o.state
+            },
+            call_owner,
+            TicketSlot(Slot::queued(1)),
+            None,
+        ));
+        let ticket: Arc<dyn HoldsSlot<u64>> = job.clone();
+        drop(Msg::Job(QueuedJob(job)));
+        assert!(ticket.slot().is_done());
+        assert_eq!(ticket.slot().take(), Err(Error::Shutdown));
+        assert_eq!(Arc::strong_count(&captured), 1, "the closure was dropped");
+        drop(ticket);
+        assert_eq!(Arc::strong_count(&captured), 1);
+    }
+
+    /// When the ticket is gone before the owner lets go, the owner frees
+    /// the job, and with it the result nobody claimed: a panic in that
+    /// result's destructor is contained and counted, on the owner.
+    #[test]
+    fn an_unclaimed_result_is_dropped_by_the_owner_under_a_catch() {
+        struct Loud;
+        impl Drop for Loud {
+            fn drop(&mut self) {
+                panic!("result destructor");
+            }
+        }
+        let job: SharedJob<u64, _, Loud> = Arc::new(JobImpl::new(
+            |_: &mut OwnerState<u64>| Loud,
+            call_owner,
+            TicketSlot(Slot::queued(1)),
+            None,
+        ));
+        let ticket: Arc<dyn HoldsSlot<Loud>> = job.clone();
+        let msg = Msg::Job(QueuedJob(job));
+        drop(ticket); // let go without a cancel, as `detach` does
+        let mut owner = OwnerState::new(0u64);
+        let handling = msg.run(&mut owner, &mut |_| ());
+        assert_eq!(handling.outcome, RunOutcome::Done);
+        assert_eq!(
+            handling.contained, 1,
+            "the result's destructor panicked, contained"
+        );
     }
 }

@@ -3,12 +3,14 @@
 //! ([`detach`](Ticket::detach)).
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::job::HoldsSlot;
 use crate::shared::Shared;
 use crate::slot::Slot;
 use crate::spin::{spin_with, Partner};
@@ -18,9 +20,12 @@ use crate::waits::{self, Waiting};
 /// result past [`BOX_PAST`] bytes, so that the owner's and the waiter's
 /// stacks move a pointer instead of the value (a debug build moves a
 /// result a dozen times on its way; see `PinnedWorker::MAX_RESULT`).
+///
+/// Either way the slot lives in the job's own allocation, which the ticket
+/// shares with the queue's message (see [`HoldsSlot`]).
 enum Carrier<R> {
-    Inline(Arc<Slot<R>>),
-    Boxed(Arc<Slot<Box<R>>>),
+    Inline(Arc<dyn HoldsSlot<R>>),
+    Boxed(Arc<dyn HoldsSlot<Box<R>>>),
 }
 
 /// Results larger than this travel boxed.
@@ -29,44 +34,44 @@ pub(crate) const BOX_PAST: usize = 1024;
 impl<R> Carrier<R> {
     fn is_done(&self) -> bool {
         match self {
-            Carrier::Inline(s) => s.is_done(),
-            Carrier::Boxed(s) => s.is_done(),
+            Carrier::Inline(s) => s.slot().is_done(),
+            Carrier::Boxed(s) => s.slot().is_done(),
         }
     }
 
     fn cancel(&self) -> Option<bool> {
         match self {
-            Carrier::Inline(s) => s.cancel(),
-            Carrier::Boxed(s) => s.cancel(),
+            Carrier::Inline(s) => s.slot().cancel(),
+            Carrier::Boxed(s) => s.slot().cancel(),
         }
     }
 
     fn worker(&self) -> u64 {
         match self {
-            Carrier::Inline(s) => s.worker,
-            Carrier::Boxed(s) => s.worker,
+            Carrier::Inline(s) => s.slot().worker,
+            Carrier::Boxed(s) => s.slot().worker,
         }
     }
 
     fn wait_until(&self, spin: Duration, deadline: Option<Instant>, owner: impl FnOnce() -> Partner) -> bool {
         match self {
-            Carrier::Inline(s) => s.wait_until(spin, deadline, owner),
-            Carrier::Boxed(s) => s.wait_until(spin, deadline, owner),
+            Carrier::Inline(s) => s.slot().wait_until(spin, deadline, owner),
+            Carrier::Boxed(s) => s.slot().wait_until(spin, deadline, owner),
         }
     }
 
     fn register(&self, waker: &Waker) -> bool {
         match self {
-            Carrier::Inline(s) => s.register(waker),
-            Carrier::Boxed(s) => s.register(waker),
+            Carrier::Inline(s) => s.slot().register(waker),
+            Carrier::Boxed(s) => s.slot().register(waker),
         }
     }
 
     /// The outcome, once done was seen.
     fn take(&self) -> Result<R, Error> {
         match self {
-            Carrier::Inline(s) => s.take(),
-            Carrier::Boxed(s) => s.take().map(|b| *b),
+            Carrier::Inline(s) => s.slot().take(),
+            Carrier::Boxed(s) => s.slot().take().map(|b| *b),
         }
     }
 }
@@ -97,6 +102,13 @@ impl<R> Carrier<R> {
 /// assert_eq!(ticket.wait()?, 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// A ticket crosses threads only where its result may:
+///
+/// ```compile_fail
+/// fn send<T: Send>() {}
+/// send::<pinned_ffi::Ticket<std::rc::Rc<u8>>>();
+/// ```
 #[must_use = "dropping a ticket cancels its job if it has not started: \
               `.wait()` or `.await` it, or `.detach()` it to let the job run on its own"]
 pub struct Ticket<R> {
@@ -109,6 +121,9 @@ pub struct Ticket<R> {
     waiting: Option<Waiting>,
     spin: Duration,
     polled: bool,
+    /// Send and Sync only where the slot is (R: Send): the carrier's trait
+    /// objects are Send and Sync whatever R is.
+    _result: PhantomData<Slot<R>>,
 }
 
 impl<R> std::fmt::Debug for Ticket<R> {
@@ -118,24 +133,26 @@ impl<R> std::fmt::Debug for Ticket<R> {
 }
 
 impl<R> Ticket<R> {
-    pub(crate) fn new(slot: Arc<Slot<R>>, spin: Duration, worker: Arc<Shared>) -> Self {
+    pub(crate) fn new(slot: Arc<dyn HoldsSlot<R>>, spin: Duration, worker: Arc<Shared>) -> Self {
         Ticket {
             slot: Some(Carrier::Inline(slot)),
             worker,
             waiting: None,
             spin,
             polled: false,
+            _result: PhantomData,
         }
     }
 
     /// A ticket whose result travels boxed (see [`BOX_PAST`]).
-    pub(crate) fn boxed(slot: Arc<Slot<Box<R>>>, spin: Duration, worker: Arc<Shared>) -> Self {
+    pub(crate) fn boxed(slot: Arc<dyn HoldsSlot<Box<R>>>, spin: Duration, worker: Arc<Shared>) -> Self {
         Ticket {
             slot: Some(Carrier::Boxed(slot)),
             worker,
             waiting: None,
             spin,
             polled: false,
+            _result: PhantomData,
         }
     }
 
@@ -262,7 +279,9 @@ impl<R> Ticket<R> {
     /// started, a detached job runs (unless the worker shuts down first).
     /// Its outcome goes to the worker's metrics: `completed`, or
     /// `panicked` for a panic (contained on the owner like any job's); its
-    /// result is dropped on the owner thread.
+    /// result is dropped on the owner thread, or here when the job was
+    /// already done (a result that must die on the owner belongs in a
+    /// [`Bound`](crate::Bound)).
     ///
     /// ```
     /// # let w = pinned_ffi::PinnedWorker::spawn(|| Ok::<_, std::convert::Infallible>(0u64))?;

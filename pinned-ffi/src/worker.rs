@@ -25,7 +25,8 @@ use crossbeam_utils::CachePadded;
 
 use crate::error::{Error, TrySubmitError};
 use crate::job::{
-    call_owner, call_state, call_state_boxed, BorrowedJob, Job, JobImpl, JobPtr, Msg, OwnerState,
+    call_owner, call_state, call_state_boxed, BorrowedJob, Job, JobImpl, JobPtr, Msg, OwnerState, QueuedJob,
+    SharedJob, TicketSlot,
 };
 use crate::lane::Lane;
 use crate::mailbox::Mailboxes;
@@ -491,32 +492,35 @@ impl<S: 'static> PinnedWorker<S> {
     }
 
     /// Queues `f`, to be called through `call`, with a fresh slot for its
-    /// outcome; gives `f` back if refused.
+    /// outcome (one allocation holds both; the ticket shares it); gives
+    /// `f` back if refused.
     fn submit_job<T, F>(
         &self,
         f: F,
         call: fn(F, &mut OwnerState<S>) -> T,
         wait: Wait,
-    ) -> Result<Arc<Slot<T>>, TrySubmitError<F>>
+    ) -> Result<SharedJob<S, F, T>, TrySubmitError<F>>
     where
         F: Send + 'static,
         T: Send + 'static,
     {
-        let slot = Arc::new(Slot::queued(self.shared.id));
-        let job = Box::new(JobImpl::new(f, call, Arc::clone(&slot), self.stamp()));
-        match self.enqueue(Msg::Job(job), wait) {
-            Ok(()) => Ok(slot),
+        let job: SharedJob<S, F, T> = Arc::new(JobImpl::new(
+            f,
+            call,
+            TicketSlot(Slot::queued(self.shared.id)),
+            self.stamp(),
+        ));
+        match self.enqueue(
+            Msg::Job(QueuedJob(Arc::clone(&job) as Arc<dyn Job<S> + Sync>)),
+            wait,
+        ) {
+            Ok(()) => Ok(job),
             Err((msg, why)) => {
-                let Msg::Job(job) = msg else {
-                    unreachable!("enqueue gives back what it was given")
-                };
-                // SAFETY: this is the Box<JobImpl<..>> created above, unsized
-                // to `dyn Job<S>` and handed back unchanged by the channel;
-                // casting the pointer back restores its type.
-                let job =
-                    unsafe { Box::from_raw(Box::into_raw(job).cast::<JobImpl<S, F, T, Arc<Slot<T>>>>()) };
-                // SAFETY: the job came back unrun; we are its only holder.
+                // SAFETY: the message came back unhandled, so the owner
+                // never saw the job: this thread is its only user.
                 let f = unsafe { job.take_f() }.expect("refused job was not run");
+                // Its drop finds `f` gone: nothing to reject or publish.
+                drop(msg);
                 Err(match why {
                     Refused::Full => TrySubmitError::Full(f),
                     Refused::Err(e) => TrySubmitError::Refused(f, e),
