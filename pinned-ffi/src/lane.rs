@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::mailbox::{Mailbox, Posted};
-use crate::spin::{self, spin_with, CpuHint, History};
+use crate::spin::{self, spin_with, CpuHint, History, Waiter};
 use crate::sync::{self, AtomicU32, Thread, UnsafeCell};
 use crate::unwind::{catch_panic, drop_caught, AbortOnUnwind};
 
@@ -295,6 +295,7 @@ impl<O> Lane<O> {
             None,
             Some(owner.history()),
             || self.owner_cpu.get(),
+            Waiter::Caller,
         ) {
             // Carried by the RMW below to an owner whose swap sees WAITING.
             self.poster_cpu.note_here();

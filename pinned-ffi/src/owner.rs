@@ -20,7 +20,7 @@ use crate::lane::Lane;
 use crate::mailbox::Scanner;
 use crate::metrics::Counters;
 use crate::shared::Shared;
-use crate::spin::{spin_with, Engaged};
+use crate::spin::{spin_with, Engaged, Waiter};
 use crate::unwind::{catch, drop_payload};
 
 /// The owner side: channels, the init closure for re-initialisation and the
@@ -115,6 +115,7 @@ impl<S: 'static> Core<S> {
                 None,
                 // A caller parked on this CPU posts only once we leave it.
                 crate::spin::parked_poster,
+                Waiter::IdleOwner,
             );
             if let Some(post) = post {
                 return Event::Msg(Msg::Posted(PostedJob(post)));
@@ -162,7 +163,7 @@ impl<S: 'static> Core<S> {
             let park = || {
                 *engaged = None; // a parked owner takes no core
                 crate::sync::park();
-                *engaged = Some(Engaged::new());
+                *engaged = Some(Engaged::owner());
                 shared.owner_cpu.note_here();
             };
             if let Some(event) = self.shared.bell.sleep(look, park) {
@@ -325,7 +326,7 @@ fn serve<S: 'static>(t: &mut OwnerThread<S>, mut pending: Option<Msg<S>>) -> Ste
     };
     let shared = Arc::clone(&core.shared);
     let c = &shared.counters;
-    core.engaged.get_or_insert_with(Engaged::new);
+    core.engaged.get_or_insert_with(Engaged::owner);
     loop {
         let job = match pending.take() {
             Some(job) => job,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::spin::{self, spin_with, CpuHint, Partner};
+use crate::spin::{self, spin_with, CpuHint, Partner, Waiter};
 use crate::sync::{self, AtomicU8, Mutex, Thread, UnsafeCell};
 
 use crate::error::Error;
@@ -182,7 +182,7 @@ impl<R> Slot<R> {
         deadline: Option<Instant>,
         owner: impl FnOnce() -> Partner,
     ) -> bool {
-        if spin_with(|| self.is_done(), spin, deadline, None, owner).is_ok() {
+        if spin_with(|| self.is_done(), spin, deadline, None, owner, Waiter::Caller).is_ok() {
             return true;
         }
         let waker = Waker::from(Arc::new(ThreadWaker(sync::current())));

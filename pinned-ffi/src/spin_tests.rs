@@ -15,6 +15,30 @@ fn engaged_threads_are_counted_while_their_guards_live() {
 }
 
 #[test]
+fn owners_are_counted_apart_and_a_lone_idle_owner_keeps_its_core_when_crowded() {
+    // Other tests engage owners concurrently: compare with a margin.
+    let before = OWNERS.load(Ordering::Relaxed);
+    let callers: Vec<_> = (0..1000).map(|_| Engaged::new()).collect();
+    assert!(
+        OWNERS.load(Ordering::Relaxed) < before + 64,
+        "callers are not owners"
+    );
+    let owners: Vec<_> = (0..1000).map(|_| Engaged::owner()).collect();
+    assert!(OWNERS.load(Ordering::Relaxed) >= before + 1000 - 64);
+    drop((callers, owners));
+    assert!(OWNERS.load(Ordering::Relaxed) < before + 64);
+
+    // A caller always yields when our threads crowd the cores.
+    assert!(yields_when_crowded(Waiter::Caller, false, 1));
+    assert!(yields_when_crowded(Waiter::Caller, false, 0));
+    // A lone idle owner does not, unless its partner shares its CPU...
+    assert!(!yields_when_crowded(Waiter::IdleOwner, false, 1));
+    assert!(yields_when_crowded(Waiter::IdleOwner, true, 1));
+    // ...or another owner is awake and may need the core.
+    assert!(yields_when_crowded(Waiter::IdleOwner, false, 2));
+}
+
+#[test]
 fn the_policy_spins_while_all_fit_yields_to_our_own_and_parks_for_strangers() {
     assert_eq!(policy_for(2, 0, 2), Policy::Spin);
     assert_eq!(policy_for(2, 400, 2), Policy::Spin, "under half a core is noise");
@@ -85,8 +109,15 @@ fn through_spin_with_misses_shorten_the_budget_and_a_caught_probe_restores_it() 
         let budget = Duration::from_micros(200);
         // Waits that never end inside the budget and park "long".
         for _ in 0..3 {
-            let missed =
-                spin_with(|| false, budget, None, Some(&h), || Partner::UNKNOWN).expect_err("never done");
+            let missed = spin_with(
+                || false,
+                budget,
+                None,
+                Some(&h),
+                || Partner::UNKNOWN,
+                Waiter::Caller,
+            )
+            .expect_err("never done");
             assert!(missed.learn.is_some(), "a budget miss teaches the history");
             std::thread::sleep(Duration::from_millis(1));
             drop(missed);
@@ -100,7 +131,14 @@ fn through_spin_with_misses_shorten_the_budget_and_a_caught_probe_restores_it() 
         for _ in 0..PROBES_TO_SEE {
             let t = Instant::now();
             let answered = || t.elapsed() > Duration::from_micros(100);
-            if let Err(missed) = spin_with(answered, budget, None, Some(&h), || Partner::UNKNOWN) {
+            if let Err(missed) = spin_with(
+                answered,
+                budget,
+                None,
+                Some(&h),
+                || Partner::UNKNOWN,
+                Waiter::Caller,
+            ) {
                 while t.elapsed() < Duration::from_micros(350) {
                     std::hint::spin_loop();
                 }
@@ -129,6 +167,7 @@ fn the_park_policy_cuts_a_spin_short_without_teaching_the_history() {
             None,
             Some(&h),
             || Partner::UNKNOWN,
+            Waiter::Caller,
         )
     });
     let missed = r.expect_err("never done");
@@ -192,6 +231,7 @@ fn looks_before_giving_way(policy: Policy, partner: impl Fn(u32) -> Partner) -> 
             None,
             Some(&h),
             || partner(cpu),
+            Waiter::Caller,
         )
     });
     let missed = r.expect_err("never done");

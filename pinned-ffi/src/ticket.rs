@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::job::HoldsSlot;
 use crate::shared::Shared;
 use crate::slot::Slot;
-use crate::spin::{spin_with, Partner};
+use crate::spin::{spin_with, Partner, Waiter};
 use crate::waits::{self, Waiting};
 
 /// Where a ticket's outcome lands: in the slot itself, or boxed for a
@@ -397,7 +397,9 @@ impl<R> Future for Ticket<R> {
             }
         }
         let owner = || this.worker.owner_cpu.get();
-        if spin_with(|| slot.is_done(), spin, None, None, owner).is_ok() || slot.register(cx.waker()) {
+        if spin_with(|| slot.is_done(), spin, None, None, owner, Waiter::Caller).is_ok()
+            || slot.register(cx.waker())
+        {
             let slot = this.slot.take().expect("checked above");
             this.waiting = None;
             return Poll::Ready(slot.take());
