@@ -375,6 +375,7 @@ enum Answer {
 /// the lane, calls `before_answer` with it, and answers (unparking the
 /// poster if it waits). After this returns the job is gone; the lane itself
 /// stays (its mailbox outlives the post).
+#[inline]
 pub(crate) fn handle<O>(
     posted: &Posted<Lane<O>>,
     action: Action<'_, O>,

@@ -291,10 +291,16 @@ impl<P: Send + Sync + 'static> Scanner<P> {
     }
 
     /// Re-reads the registrations if they changed.
+    #[inline]
     pub(crate) fn refresh(&mut self) {
-        if !self.changed() {
-            return;
+        if self.changed() {
+            self.reread();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reread(&mut self) {
         let list = self.registry.list.lock().unwrap_or_else(|e| e.into_inner());
         // ORDERING: read under the lock, which orders it with the list.
         self.generation = self.registry.generation.load(Ordering::Acquire);
@@ -316,18 +322,27 @@ impl<P: Send + Sync + 'static> Scanner<P> {
 
     /// Takes the next post, scanning round-robin for fairness. The caller
     /// handles it before taking another (the snapshot may change then).
+    ///
+    /// The owner's spin calls this on every round, so a round is a few
+    /// loads: inlined into the spin, a plain index loop (an idle owner's
+    /// round with one mailbox was 58 instructions as a chained iterator).
+    #[inline]
     pub(crate) fn take(&mut self) -> Option<Posted<P>> {
         self.refresh();
         let n = self.snapshot.len();
-        let start = if self.next < n { self.next } else { 0 };
-        for i in (start..n).chain(0..start) {
+        let mut i = if self.next < n { self.next } else { 0 };
+        for _ in 0..n {
             let (m, seen) = &mut self.snapshot[i];
+            i += 1;
             if let Some(seq) = m.take_after(seen) {
-                self.next = i + 1;
+                self.next = i;
                 return Some(Posted {
                     mailbox: NonNull::from(&**m),
                     seq,
                 });
+            }
+            if i == n {
+                i = 0;
             }
         }
         None

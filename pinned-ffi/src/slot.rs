@@ -62,6 +62,18 @@ unsafe impl<R: Send> Sync for Slot<R> {}
 // SAFETY: as above; the slot moves an R between threads.
 unsafe impl<R: Send> Send for Slot<R> {}
 
+/// Whether a slot is done, read without its type (see [`Slot::done_flag`]).
+#[derive(Clone, Copy)]
+pub(crate) struct DoneFlag<'a>(&'a AtomicU8);
+
+impl DoneFlag<'_> {
+    #[inline]
+    pub(crate) fn is_set(self) -> bool {
+        // ORDERING: Acquire pairs with the Release in `complete`.
+        self.0.load(Ordering::Acquire) & DONE != 0
+    }
+}
+
 impl<R> Slot<R> {
     pub(crate) fn new(worker: u64) -> Self {
         Slot {
@@ -139,8 +151,13 @@ impl<R> Slot<R> {
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        // ORDERING: Acquire pairs with the Release in `complete`.
-        self.state.load(Ordering::Acquire) & DONE != 0
+        self.done_flag().is_set()
+    }
+
+    /// The word [`is_done`](Self::is_done) reads, for a spin that looks at
+    /// it every round without reaching the slot through its job again.
+    pub(crate) fn done_flag(&self) -> DoneFlag<'_> {
+        DoneFlag(&self.state)
     }
 
     /// Takes the outcome once DONE has been seen.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::job::HoldsSlot;
 use crate::shared::Shared;
-use crate::slot::Slot;
+use crate::slot::{DoneFlag, Slot};
 use crate::spin::{spin_with, Partner, Waiter};
 use crate::waits::{self, Waiting};
 
@@ -33,9 +33,14 @@ pub(crate) const BOX_PAST: usize = 1024;
 
 impl<R> Carrier<R> {
     fn is_done(&self) -> bool {
+        self.done_flag().is_set()
+    }
+
+    /// The slot's done word, reached once for a spin on it.
+    fn done_flag(&self) -> DoneFlag<'_> {
         match self {
-            Carrier::Inline(s) => s.slot().is_done(),
-            Carrier::Boxed(s) => s.slot().is_done(),
+            Carrier::Inline(s) => s.slot().done_flag(),
+            Carrier::Boxed(s) => s.slot().done_flag(),
         }
     }
 
@@ -397,7 +402,8 @@ impl<R> Future for Ticket<R> {
             }
         }
         let owner = || this.worker.owner_cpu.get();
-        if spin_with(|| slot.is_done(), spin, None, None, owner, Waiter::Caller).is_ok()
+        let done = slot.done_flag();
+        if spin_with(|| done.is_set(), spin, None, None, owner, Waiter::Caller).is_ok()
             || slot.register(cx.waker())
         {
             let slot = this.slot.take().expect("checked above");
