@@ -128,13 +128,17 @@ impl<L> Posted<L> {
     }
 }
 
+/// A registered mailbox and its share of its thread's engaged guard.
+type Entry<P> = (Arc<Mailbox<P>>, Arc<Engaged>);
+
 /// A worker's mailboxes.
 pub(crate) struct Mailboxes<P> {
-    /// Each registered mailbox, with the guard that counts its thread as
-    /// engaged in hand-offs (see [`spin`](crate::spin)) while both the
-    /// thread and this worker live: dropped with the entry when the thread
-    /// exits, or with the list when the worker goes.
-    list: Mutex<Vec<(Arc<Mailbox<P>>, Engaged)>>,
+    /// Each registered mailbox, with a share of the guard that counts its
+    /// thread as engaged in hand-offs (see [`spin`](crate::spin)): the
+    /// thread counts once, however many workers it calls, while any of its
+    /// mailboxes is registered. A share drops with the entry when the
+    /// thread exits, or with the list when the worker goes.
+    list: Mutex<Vec<Entry<P>>>,
     /// Bumped (Release) on every registration change.
     generation: AtomicU64,
 }
@@ -188,6 +192,26 @@ thread_local! {
     /// worker over and over skips the search. Cleared when that
     /// registration goes (keys are never reused).
     static LAST: Cell<(u64, *const ())> = const { Cell::new((0, std::ptr::null())) };
+    /// This thread's engaged guard while any registry holds a share of it.
+    static ENGAGED_HERE: RefCell<Weak<Engaged>> = const { RefCell::new(Weak::new()) };
+}
+
+/// A share of this thread's engaged guard (see `Mailboxes::list`): a
+/// blocking caller waits on one worker at a time, so a caller of several
+/// workers is still one thread the cores must hold. (Counted once per
+/// worker, a lone caller of a pool of 2 counted as two threads beside the
+/// awake owner, so on two cores under load it parked on every call.)
+fn engaged_here() -> Arc<Engaged> {
+    ENGAGED_HERE
+        .try_with(|here| {
+            let mut here = here.borrow_mut();
+            here.upgrade().unwrap_or_else(|| {
+                let guard = Arc::new(Engaged::new());
+                *here = Arc::downgrade(&guard);
+                guard
+            })
+        })
+        .unwrap_or_else(|_| Arc::new(Engaged::new()))
 }
 
 /// Drops this thread's registrations (loom models: their threads share
@@ -244,7 +268,7 @@ impl<P: Send + Sync + 'static> Mailboxes<P> {
                     self.list
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push((Arc::clone(&mailbox), Engaged::new()));
+                        .push((Arc::clone(&mailbox), engaged_here()));
                     // ORDERING: see Registered::drop.
                     self.generation.fetch_add(1, Ordering::Release);
                     mine.push(Box::new(Registered {

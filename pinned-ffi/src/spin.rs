@@ -11,8 +11,9 @@
 //! whose cores are far apart, that is every wait).
 //!
 //! The rule has two inputs. Ours: the threads *engaged* in hand-offs
-//! (owners while awake; callers once per worker they have called through
-//! its mailboxes, while both live). Everyone else's: the cores other
+//! (owners while awake; a caller once it has called a worker through its
+//! mailbox, while the thread and such a worker live, counted once however
+//! many workers it calls). Everyone else's: the cores other
 //! processes kept busy lately ([`load`](crate::load)). A hand-off that
 //! lands within the first few spins never asks; a wait that goes on
 //! follows the [`Policy`]:
@@ -36,8 +37,7 @@
 //! was preempted: the machine is busier than the estimate says, so it
 //! parks. And each worker keeps a [`History`] of its waits: a worker whose waits keep outlasting
 //! the budget spins less (down to 1/64 of it), and earns the budget back
-//! when they get short again, as adaptive mutexes do. A caller of several
-//! workers counts once for each, which errs towards yielding.
+//! when they get short again, as adaptive mutexes do.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};

@@ -15,6 +15,26 @@ fn engaged_threads_are_counted_while_their_guards_live() {
 }
 
 #[test]
+fn a_caller_of_many_workers_counts_once() {
+    use crate::mailbox::Mailboxes;
+    // Other tests engage threads concurrently: compare with a margin.
+    let before = ENGAGED.load(Ordering::Relaxed);
+    let registries: Vec<_> = (0..500).map(|_| Mailboxes::<u64>::new()).collect();
+    for (k, registry) in (0u64..).zip(&registries) {
+        // SAFETY: each key (far above any worker's id) is used with its
+        // own registry only.
+        unsafe { registry.mine(u64::MAX - k, || k) }.expect("registered");
+    }
+    let during = ENGAGED.load(Ordering::Relaxed);
+    assert!(
+        during < before + 64,
+        "500 mailboxes of one thread: {before} -> {during}"
+    );
+    drop(registries);
+    assert!(ENGAGED.load(Ordering::Relaxed) < before + 64);
+}
+
+#[test]
 fn owners_are_counted_apart_and_a_lone_idle_owner_keeps_its_core_when_crowded() {
     // Other tests engage owners concurrently: compare with a margin.
     let before = OWNERS.load(Ordering::Relaxed);
