@@ -205,7 +205,8 @@ impl Builder {
     ///   every 100 ms) fit in the cores;
     /// - yields the core on every round while our own threads alone
     ///   outnumber the cores (an idle owner only while another owner is
-    ///   awake: a lone owner is the partner all those callers wait for);
+    ///   awake or its partner shares its CPU: a lone owner is the partner
+    ///   all those callers wait for);
     /// - parks while other processes hold the cores, since a yield would
     ///   hand the core to them for a whole time slice: at once when our
     ///   engaged threads outnumber the cores, after at most 5 µs when

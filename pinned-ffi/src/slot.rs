@@ -69,7 +69,8 @@ pub(crate) struct DoneFlag<'a>(&'a AtomicU8);
 impl DoneFlag<'_> {
     #[inline]
     pub(crate) fn is_set(self) -> bool {
-        // ORDERING: Acquire pairs with the Release in `complete`.
+        // ORDERING: Acquire pairs with the AcqRel RMW that sets DONE in
+        // `Publish::publish`.
         self.0.load(Ordering::Acquire) & DONE != 0
     }
 }

@@ -22,8 +22,10 @@
 //!   yielding, for the spin budget;
 //! - ours alone outnumber the cores: yield on every round (the core goes
 //!   to one of our own threads, often the very partner we wait for); an
-//!   idle owner does so only while another owner is awake, since a lone
-//!   owner is the partner every crowding caller waits for;
+//!   idle owner does so only while another owner is awake or its partner
+//!   was last seen on its CPU, since a lone owner is the partner every
+//!   crowding caller waits for (it still parks, like any spinner, once
+//!   it finds it was preempted or its window ends);
 //! - other processes hold the cores: park at once. A spinner there burns
 //!   the time slice its partner needs, a yield hands the core to a
 //!   stranger for a whole slice (milliseconds), and a preempted partner
@@ -143,7 +145,8 @@ pub(crate) struct Engaged {
 }
 
 impl Engaged {
-    /// A caller's mailbox with a worker.
+    /// A calling thread: one guard, shared by its mailboxes with every
+    /// worker it calls (see `mailbox::engaged_here`).
     pub(crate) fn new() -> Self {
         Self::counted(false)
     }
@@ -209,10 +212,13 @@ pub(crate) enum Policy {
 /// caller's always; an idle owner's only while its partner was last seen
 /// on its CPU or another owner is awake, whose work may wait for the core
 /// this one holds (two owners and their callers on two cores). A lone
-/// owner keeps its core: the callers crowding the cores are its own, each
-/// one it yields to has nothing posted yet and soon yields back, and the
-/// posts of the callers on the other cores wait for the owner's return.
-/// Under loom every wait yields.
+/// owner keeps spinning on its core: the callers crowding the cores are
+/// its own, each one it yields to has nothing posted yet and soon yields
+/// back, and the posts of the callers on the other cores wait for the
+/// owner's return. It still parks like any spinner when it finds it was
+/// preempted or its window ends, and the partner hint is read once per
+/// wait (a caller that lands on its CPU later waits for the scheduler to
+/// preempt the owner, or for its park). Under loom every wait yields.
 fn yields_when_crowded(waiter: Waiter, partner_here: bool, awake_owners: usize) -> bool {
     cfg!(pinned_loom) || waiter == Waiter::Caller || partner_here || awake_owners > 1
 }
@@ -230,7 +236,7 @@ pub(crate) fn policy() -> Policy {
     if let Some(p) = forced() {
         return p;
     }
-    // ORDERING: as in `Engaged::new`.
+    // ORDERING: as in `Engaged::counted`.
     let engaged = ENGAGED.load(Ordering::Relaxed) as u64;
     policy_for(engaged, crate::load::foreign_millicores(), cores())
 }
@@ -401,11 +407,12 @@ const PARK_SPIN: Duration = Duration::from_micros(5);
 /// hand-off lands within them and pays for nothing else: no clock, no policy, no history);
 /// after that the [`policy`] decides between spinning on, yielding every
 /// round, and parking; under `Yield` an idle owner (`waiter`) yields only
-/// while another owner is awake ([`yields_when_crowded`]). (Without the yield, a
+/// while another owner is awake or its partner shares its CPU
+/// ([`yields_when_crowded`]). (Without the yield, a
 /// pool of 2 owners with 2 callers on 2 vCPUs cost ~8 µs a call instead of
 /// ~2 µs; yielding to other processes' threads instead cost milliseconds a
 /// call. A lone owner's yields were 9 in 10 of all the yields of 8 callers
-/// on one worker, and keeping its core cut the call by about a tenth.)
+/// on one worker, and keeping its core cut the call by about a fifth.)
 pub(crate) fn spin_with<'h>(
     mut done: impl FnMut() -> bool,
     full: Duration,
@@ -447,14 +454,15 @@ pub(crate) fn spin_with<'h>(
             let partner_here = partner.take().is_some_and(|p| p().is_here());
             match policy() {
                 Policy::Spin => yielding = partner_here,
-                // ORDERING: as in `Engaged::counted`.
                 Policy::Yield => {
-                    yielding = yields_when_crowded(waiter, partner_here, OWNERS.load(Ordering::Relaxed));
+                    // ORDERING: as in `Engaged::counted`.
+                    let awake_owners = OWNERS.load(Ordering::Relaxed);
+                    yielding = yields_when_crowded(waiter, partner_here, awake_owners);
                 }
                 Policy::Park => {
                     // The estimate may be stale: refresh it (rate-limited).
                     crate::load::refresh(cores());
-                    // ORDERING: as in `Engaged::new`.
+                    // ORDERING: as in `Engaged::counted`.
                     if partner_here || (forced().is_none() && ENGAGED.load(Ordering::Relaxed) > cores()) {
                         return give_way(&mut done);
                     }
