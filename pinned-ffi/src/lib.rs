@@ -124,6 +124,7 @@ mod shared;
 mod slot;
 mod spawn;
 mod spin;
+mod submit;
 mod sync;
 pub mod threads;
 mod ticket;
